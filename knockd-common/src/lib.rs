@@ -1,0 +1,107 @@
+//! Types shared by the XDP program and the daemon. Every type is `#[repr(C)]`
+//! with explicit padding, so both sides agree on the layout byte for byte.
+#![no_std]
+
+/// Address family tags carried in [`KnockEvent::family`].
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Ring buffer size in bytes: a power-of-two number of pages. At 64 bytes a
+/// record this holds 16 K knocks, enough to ride out a burst while the daemon
+/// is descheduled.
+pub const RING_BYTES: u32 = 1 << 20;
+
+/// Capacity of the knock-port map (knockd allows 32 steps per door).
+pub const MAX_KNOCK_PORTS: u32 = 4096;
+/// Capacity of each local/target address map.
+pub const MAX_LOCAL_ADDRS: u32 = 1024;
+
+/// Indexes into the per-CPU counter array.
+pub mod counter {
+    pub const FRAMES: u32 = 0;
+    pub const KNOCK_HITS: u32 = 1;
+    pub const FLAG_MISMATCH: u32 = 2;
+    pub const RINGBUF_FULL: u32 = 3;
+    pub const NOT_LOCAL: u32 = 4;
+    pub const COUNT: u32 = 5;
+}
+
+/// Key of the knock-port map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl PortKey {
+    pub const fn new(port: u16, proto: u8) -> Self {
+        Self { port, proto, _pad: 0 }
+    }
+}
+
+/// Value of the knock-port map: the kernel-side TCP flag pre-filter. When
+/// several doors share a port the daemon stores the loosest combination and
+/// checks each door's exact flags itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRule {
+    pub must_set: u8,
+    pub must_clear: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of the local-address maps. The key is the address itself
+/// (`[u8; 4]` or `[u8; 16]`, network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrMark {
+    /// Bit 0: an address of this host. Bit 1: some door's `target`.
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+
+pub const ADDR_LOCAL: u8 = 1;
+pub const ADDR_TARGET: u8 = 2;
+
+/// One recognised knock, as pushed through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnockEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC in nanoseconds.
+    pub ts_ns: u64,
+    /// Source address; IPv4 uses the first 4 bytes.
+    pub src: [u8; 16],
+    /// Destination address; IPv4 uses the first 4 bytes.
+    pub dst: [u8; 16],
+    pub ifindex: u32,
+    /// Host byte order.
+    pub dst_port: u16,
+    /// Host byte order.
+    pub src_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub tcp_flags: u8,
+    pub _pad: [u8; 5],
+}
+
+const _: () = assert!(core::mem::size_of::<PortKey>() == 4);
+const _: () = assert!(core::mem::size_of::<PortRule>() == 4);
+const _: () = assert!(core::mem::size_of::<AddrMark>() == 4);
+const _: () = assert!(core::mem::size_of::<KnockEvent>() == 56);
+const _: () = assert!(core::mem::align_of::<KnockEvent>() == 8);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C) with explicit padding and only integer fields,
+    // so every bit pattern is valid.
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for PortRule {}
+    unsafe impl aya::Pod for AddrMark {}
+    unsafe impl aya::Pod for KnockEvent {}
+}

@@ -1,0 +1,146 @@
+//! The XDP knock detector. It owns nothing but knock packets: everything else
+//! is passed untouched, and a frame it cannot parse is passed too.
+#![no_std]
+#![no_main]
+
+mod parse;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_ktime_get_ns,
+    macros::{map, xdp},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::XdpContext,
+};
+use knockd_common::{
+    counter, AddrMark, KnockEvent, PortKey, PortRule, FAMILY_V4, MAX_KNOCK_PORTS,
+    MAX_LOCAL_ADDRS, PROTO_TCP, RING_BYTES,
+};
+use parse::{locate_l4, ptr_at, read_be16, read_u8, L4, TCP_HLEN, UDP_HLEN};
+
+#[map]
+static KNOCK_PORTS: HashMap<PortKey, PortRule> = HashMap::with_max_entries(MAX_KNOCK_PORTS, 0);
+
+#[map]
+static LOCAL_V4: HashMap<[u8; 4], AddrMark> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+
+#[map]
+static LOCAL_V6: HashMap<[u8; 16], AddrMark> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[xdp]
+pub fn xknock(ctx: XdpContext) -> u32 {
+    bump(counter::FRAMES);
+    // Nothing here may turn into a drop: a parse failure is "not ours".
+    let _ = try_xknock(&ctx);
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn try_xknock(ctx: &XdpContext) -> Option<()> {
+    let l4 = locate_l4(ctx)?;
+    let hlen = if l4.proto == PROTO_TCP { TCP_HLEN } else { UDP_HLEN };
+    // The whole L4 header must be present, not just the port we read.
+    ptr_at::<u8>(ctx, l4.l4 + hlen - 1)?;
+    let dst_port = read_be16(ctx, l4.l4 + 2)?;
+    // SAFETY: values are plain integers; a concurrent update can at worst
+    // give us the old or new rule, both valid.
+    let rule = unsafe { KNOCK_PORTS.get(PortKey::new(dst_port, l4.proto)) }?;
+    let flags = if l4.proto == PROTO_TCP { read_u8(ctx, l4.l4 + 13)? } else { 0 };
+    if l4.proto == PROTO_TCP && !flags_match(rule, flags) {
+        bump(counter::FLAG_MISMATCH);
+        return None;
+    }
+    let mut ev = event_addrs(ctx, &l4)?;
+    if !is_local(&l4, &ev.dst) {
+        bump(counter::NOT_LOCAL);
+        return None;
+    }
+    ev.dst_port = dst_port;
+    ev.src_port = read_be16(ctx, l4.l4)?;
+    ev.proto = l4.proto;
+    ev.tcp_flags = flags;
+    ev.ifindex = ctx.ingress_ifindex() as u32;
+    emit(ev);
+    Some(())
+}
+
+#[inline(always)]
+fn flags_match(rule: &PortRule, flags: u8) -> bool {
+    flags & rule.must_set == rule.must_set && flags & rule.must_clear == 0
+}
+
+/// Copies the addresses out of the IP header into a fresh event.
+#[inline(always)]
+fn event_addrs(ctx: &XdpContext, l4: &L4) -> Option<KnockEvent> {
+    let mut ev = KnockEvent {
+        ts_ns: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        ifindex: 0,
+        dst_port: 0,
+        src_port: 0,
+        proto: 0,
+        family: l4.family,
+        tcp_flags: 0,
+        _pad: [0; 5],
+    };
+    // SAFETY (both arms): ptr_at bounds-checked the whole array.
+    if l4.family == FAMILY_V4 {
+        let src = ptr_at::<[u8; 4]>(ctx, l4.l3 + 12)?;
+        let dst = ptr_at::<[u8; 4]>(ctx, l4.l3 + 16)?;
+        ev.src[..4].copy_from_slice(unsafe { &*src });
+        ev.dst[..4].copy_from_slice(unsafe { &*dst });
+    } else {
+        ev.src = unsafe { *ptr_at::<[u8; 16]>(ctx, l4.l3 + 8)? };
+        ev.dst = unsafe { *ptr_at::<[u8; 16]>(ctx, l4.l3 + 24)? };
+    }
+    Some(ev)
+}
+
+#[inline(always)]
+fn is_local(l4: &L4, dst: &[u8; 16]) -> bool {
+    if l4.family == FAMILY_V4 {
+        let key = [dst[0], dst[1], dst[2], dst[3]];
+        LOCAL_V4.get_ptr(key).is_some()
+    } else {
+        LOCAL_V6.get_ptr(*dst).is_some()
+    }
+}
+
+#[inline(always)]
+fn emit(mut ev: KnockEvent) {
+    match EVENTS.reserve::<KnockEvent>(0) {
+        Some(mut slot) => {
+            // SAFETY: a helper call with no arguments and no side effects.
+            ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+            slot.write(ev);
+            slot.submit(0);
+            bump(counter::KNOCK_HITS);
+        }
+        None => bump(counter::RINGBUF_FULL),
+    }
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, so no other writer races us.
+        unsafe { *c += 1 };
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,136 @@
+//! The parsed, validated configuration: what both file formats become.
+
+use std::{fmt, net::IpAddr, path::PathBuf, time::Duration};
+
+/// Transport protocol of a knock step or a protected port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    /// The IP protocol number, as the kernel reports it.
+    pub const fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// One knock: a destination port and protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Step {
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.port, self.proto.as_str())
+    }
+}
+
+/// TCP flag bits as they sit in byte 13 of the TCP header.
+pub mod tcp_flag {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+}
+
+/// knockd's `TCPFlags`: named flags must be set, `!`-named ones must be clear,
+/// the rest do not matter. The default (both zero) matches every TCP packet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TcpFlags {
+    pub must_set: u8,
+    pub must_clear: u8,
+}
+
+impl TcpFlags {
+    pub const fn matches(self, flags: u8) -> bool {
+        flags & self.must_set == self.must_set && flags & self.must_clear == 0
+    }
+}
+
+/// Which firewall mechanism an `open` action uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    Nftables,
+    Iptables,
+    Xdp,
+}
+
+/// A door's native firewall action (issue 4): open `ports` to the knocker for `duration`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenAction {
+    pub ports: Vec<Step>,
+    pub duration: Duration,
+    /// `None` means "use `Options::default_backend`".
+    pub backend: Option<Backend>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Door {
+    pub name: String,
+    /// The active sequence. For a one-time door this is the file's first live line.
+    pub sequence: Vec<Step>,
+    pub one_time_sequences: Option<PathBuf>,
+    pub seq_timeout: Duration,
+    pub tcp_flags: TcpFlags,
+    pub target: Option<IpAddr>,
+    pub start_command: Option<String>,
+    pub start_command_6: Option<String>,
+    pub cmd_timeout: Duration,
+    pub stop_command: Option<String>,
+    pub stop_command_6: Option<String>,
+    pub open: Option<OpenAction>,
+    /// `None` means "use `Options::stealth`".
+    pub stealth: Option<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub interfaces: Vec<String>,
+    pub log_file: Option<PathBuf>,
+    pub use_syslog: bool,
+    pub pid_file: Option<PathBuf>,
+    /// Cap on knock sources tracked at once; the oldest are evicted beyond it.
+    pub max_sources: usize,
+    pub default_backend: Backend,
+    pub stealth: bool,
+    /// Where the XDP gate pins its program link and maps.
+    pub bpffs_dir: PathBuf,
+}
+
+/// Where a config came from, so reloads and error messages can name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    KnockdConf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub format: Format,
+    pub options: Options,
+    /// In file order; names are unique.
+    pub doors: Vec<Door>,
+}
+
+pub const DEFAULT_SEQ_TIMEOUT: Duration = Duration::from_secs(25);
+pub const DEFAULT_CMD_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_SOURCES: usize = 65_536;
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/xknockd";
+pub const MAX_SEQUENCE_LEN: usize = 32;

@@ -1,0 +1,143 @@
+//! Two network namespaces joined by a veth pair, created per test with unique
+//! names and removed by `Drop`, so a panicking test leaves nothing behind.
+//! Nothing here touches the root namespace's interfaces or firewall.
+
+use std::{
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{bail, Context, Result};
+
+pub const SERVER_V4: &str = "10.77.0.1";
+pub const CLIENT_V4: &str = "10.77.0.2";
+/// A second client address, for "someone else knocks/connects" cases.
+pub const CLIENT2_V4: &str = "10.77.0.3";
+/// Routed to the server but not one of its addresses.
+pub const OTHER_V4: &str = "10.77.0.99";
+pub const SERVER_V6: &str = "fd77::1";
+pub const CLIENT_V6: &str = "fd77::2";
+pub const CLIENT2_V6: &str = "fd77::3";
+pub const OTHER_V6: &str = "fd77::99";
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+pub struct NetPair {
+    pub server: String,
+    pub client: String,
+    /// The server-side veth end, where XDP attaches.
+    pub server_if: String,
+    pub client_if: String,
+}
+
+impl NetPair {
+    pub fn new() -> Result<Self> {
+        let id = format!("{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let pair = Self {
+            server: format!("xks{id}"),
+            client: format!("xkc{id}"),
+            server_if: format!("xs{id}"),
+            client_if: format!("xc{id}"),
+        };
+        // From here on Drop cleans up whatever part got created.
+        pair.setup().context("creating test namespaces")?;
+        Ok(pair)
+    }
+
+    fn setup(&self) -> Result<()> {
+        run(&["ip", "netns", "add", &self.server])?;
+        run(&["ip", "netns", "add", &self.client])?;
+        run(&["ip", "link", "add", &self.server_if, "netns", &self.server, "type", "veth", "peer", "name",
+            &self.client_if, "netns", &self.client])?;
+        for (ns, ifc, addrs) in [
+            (&self.server, &self.server_if, [SERVER_V4, SERVER_V6, ""]),
+            (&self.client, &self.client_if, [CLIENT_V4, CLIENT_V6, ""]),
+        ] {
+            self.in_ns(ns, &["ip", "link", "set", "lo", "up"])?;
+            self.in_ns(ns, &["ip", "link", "set", ifc, "up"])?;
+            for a in addrs.iter().filter(|a| !a.is_empty()) {
+                let cidr = if a.contains(':') { format!("{a}/64") } else { format!("{a}/24") };
+                self.in_ns(ns, &["ip", "addr", "add", &cidr, "dev", ifc, "nodad"])?;
+            }
+        }
+        self.in_ns(&self.client, &["ip", "addr", "add", &format!("{CLIENT2_V4}/24"), "dev", &self.client_if])?;
+        self.in_ns(&self.client, &["ip", "addr", "add", &format!("{CLIENT2_V6}/64"), "dev", &self.client_if, "nodad"])?;
+        // Static neighbours for the non-local address, so packets to it leave
+        // the client instead of waiting on ARP/ND that nobody answers.
+        let mac = self.server_mac()?;
+        for other in [OTHER_V4, OTHER_V6] {
+            self.in_ns(&self.client, &["ip", "neigh", "replace", other, "lladdr", &mac, "dev", &self.client_if])?;
+        }
+        Ok(())
+    }
+
+    fn server_mac(&self) -> Result<String> {
+        let out = self.in_ns(&self.server, &["cat", &format!("/sys/class/net/{}/address", self.server_if)])?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Runs a command in `ns` and fails on a non-zero exit.
+    pub fn in_ns(&self, ns: &str, argv: &[&str]) -> Result<Output> {
+        let mut full = vec!["ip", "netns", "exec", ns];
+        full.extend_from_slice(argv);
+        run(&full)
+    }
+
+    pub fn server_cmd(&self, program: &str) -> Command {
+        ns_command(&self.server, program)
+    }
+
+    pub fn client_cmd(&self, program: &str) -> Command {
+        ns_command(&self.client, program)
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        for ns in [&self.server, &self.client] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+pub fn ns_command(ns: &str, program: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, program]);
+    c
+}
+
+pub fn run(argv: &[&str]) -> Result<Output> {
+    let out = Command::new(argv[0]).args(&argv[1..]).output().with_context(|| format!("spawning {argv:?}"))?;
+    if !out.status.success() {
+        bail!("{argv:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(out)
+}
+
+/// A child process killed (and reaped) when the guard drops.
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Sends `sig` and waits for the exit, bounded by `timeout`.
+    pub fn signal_and_wait(&mut self, sig: i32, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(self.0.id() as i32, sig) };
+        let mut status = None;
+        crate::wait_until(timeout, || {
+            status = self.0.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
