@@ -40,7 +40,11 @@ pub struct PortKey {
 
 impl PortKey {
     pub const fn new(port: u16, proto: u8) -> Self {
-        Self { port, proto, _pad: 0 }
+        Self {
+            port,
+            proto,
+            _pad: 0,
+        }
     }
 }
 

@@ -13,8 +13,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use knockd_common::{
-    counter, AddrMark, KnockEvent, PortKey, PortRule, FAMILY_V4, MAX_KNOCK_PORTS,
-    MAX_LOCAL_ADDRS, PROTO_TCP, RING_BYTES,
+    counter, AddrMark, KnockEvent, PortKey, PortRule, FAMILY_V4, MAX_KNOCK_PORTS, MAX_LOCAL_ADDRS,
+    PROTO_TCP, RING_BYTES,
 };
 use parse::{locate_l4, ptr_at, read_be16, read_u8, L4, TCP_HLEN, UDP_HLEN};
 
@@ -44,14 +44,22 @@ pub fn xknock(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_xknock(ctx: &XdpContext) -> Option<()> {
     let l4 = locate_l4(ctx)?;
-    let hlen = if l4.proto == PROTO_TCP { TCP_HLEN } else { UDP_HLEN };
+    let hlen = if l4.proto == PROTO_TCP {
+        TCP_HLEN
+    } else {
+        UDP_HLEN
+    };
     // The whole L4 header must be present, not just the port we read.
     ptr_at::<u8>(ctx, l4.l4 + hlen - 1)?;
     let dst_port = read_be16(ctx, l4.l4 + 2)?;
     // SAFETY: values are plain integers; a concurrent update can at worst
     // give us the old or new rule, both valid.
     let rule = unsafe { KNOCK_PORTS.get(PortKey::new(dst_port, l4.proto)) }?;
-    let flags = if l4.proto == PROTO_TCP { read_u8(ctx, l4.l4 + 13)? } else { 0 };
+    let flags = if l4.proto == PROTO_TCP {
+        read_u8(ctx, l4.l4 + 13)?
+    } else {
+        0
+    };
     if l4.proto == PROTO_TCP && !flags_match(rule, flags) {
         bump(counter::FLAG_MISMATCH);
         return None;

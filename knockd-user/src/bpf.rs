@@ -25,7 +25,10 @@ pub enum BpfError {
     #[error("XDP program: {0}")]
     Program(#[from] ProgramError),
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: MapError },
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
     #[error("map {0} missing from the XDP object")]
     MissingMap(&'static str),
     #[error("attaching to {iface}: {source}")]
@@ -66,13 +69,19 @@ impl XdpKnocker {
         raise_memlock();
         let mut ebpf = Ebpf::load(XDP_OBJECT)?;
         program_mut(&mut ebpf)?.load()?;
-        Ok(Self { ebpf, attached: Vec::new() })
+        Ok(Self {
+            ebpf,
+            attached: Vec::new(),
+        })
     }
 
     /// Attaches to `iface`; returns the mode that worked.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<XdpMode, BpfError> {
         let prog = program_mut(&mut self.ebpf)?;
-        let wrap = |source| BpfError::Attach { iface: iface.to_string(), source };
+        let wrap = |source| BpfError::Attach {
+            iface: iface.to_string(),
+            source,
+        };
         let used = match mode {
             AttachMode::Native => prog.attach(iface, XdpMode::Driver).map(|_| XdpMode::Driver),
             AttachMode::Skb => prog.attach(iface, XdpMode::Skb).map(|_| XdpMode::Skb),
@@ -95,15 +104,22 @@ impl XdpKnocker {
 
     /// The loaded program, for BPF_PROG_TEST_RUN.
     pub fn program(&self) -> Result<&Xdp, BpfError> {
-        let prog = self.ebpf.program(PROGRAM).ok_or(BpfError::MissingMap(PROGRAM))?;
+        let prog = self
+            .ebpf
+            .program(PROGRAM)
+            .ok_or(BpfError::MissingMap(PROGRAM))?;
         Ok(prog.try_into()?)
     }
 
     /// Makes the knock-port map equal `wanted`. New entries go in before stale
     /// ones leave, so a port present in both configs is never unmatched.
-    pub fn set_knock_ports(&mut self, wanted: &BTreeMap<PortKey, PortRule>) -> Result<(), BpfError> {
+    pub fn set_knock_ports(
+        &mut self,
+        wanted: &BTreeMap<PortKey, PortRule>,
+    ) -> Result<(), BpfError> {
         let map = self.map_mut("KNOCK_PORTS")?;
-        let mut ports: HashMap<_, PortKey, PortRule> = HashMap::try_from(map).map_err(map_err("KNOCK_PORTS"))?;
+        let mut ports: HashMap<_, PortKey, PortRule> =
+            HashMap::try_from(map).map_err(map_err("KNOCK_PORTS"))?;
         sync_map(&mut ports, wanted, "KNOCK_PORTS")
     }
 
@@ -127,7 +143,10 @@ impl XdpKnocker {
     }
 
     pub fn counters(&self) -> Result<Counters, BpfError> {
-        let map = self.ebpf.map("COUNTERS").ok_or(BpfError::MissingMap("COUNTERS"))?;
+        let map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or(BpfError::MissingMap("COUNTERS"))?;
         let arr: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_err("COUNTERS"))?;
         let sum = |i: u32| -> Result<u64, BpfError> {
             Ok(arr.get(&i, 0).map_err(map_err("COUNTERS"))?.iter().sum())
@@ -143,7 +162,10 @@ impl XdpKnocker {
 
     /// Hands the ring buffer to the event reader. Callable once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, BpfError> {
-        let map = self.ebpf.take_map("EVENTS").ok_or(BpfError::MissingMap("EVENTS"))?;
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(BpfError::MissingMap("EVENTS"))?;
         RingBuf::try_from(map).map_err(map_err("EVENTS"))
     }
 
@@ -153,7 +175,9 @@ impl XdpKnocker {
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, BpfError> {
-    let prog = ebpf.program_mut(PROGRAM).ok_or(BpfError::MissingMap(PROGRAM))?;
+    let prog = ebpf
+        .program_mut(PROGRAM)
+        .ok_or(BpfError::MissingMap(PROGRAM))?;
     Ok(prog.try_into()?)
 }
 
@@ -171,7 +195,11 @@ where
             map.insert(k, v, 0).map_err(map_err(name))?;
         }
     }
-    let stale: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| !wanted.contains_key(k)).collect();
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !wanted.contains_key(k))
+        .collect();
     for k in stale {
         map.remove(&k).map_err(map_err(name))?;
     }
@@ -181,7 +209,10 @@ where
 /// Kernels since 5.11 charge BPF memory to the cgroup, so failure here is
 /// harmless; older ones need the raised limit.
 fn raise_memlock() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: plain syscall on a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         log::debug!("could not raise RLIMIT_MEMLOCK; relying on memcg accounting");

@@ -1,9 +1,16 @@
 //! xknock: an XDP port-knocking daemon that speaks knockd.
 //!
 //! packet → XDP program (`knockd-ebpf`) → ring buffer → [`events`] →
-//! tracker → actions.
+//! [`tracker`] → [`commands`] (and, later, firewall gates).
 
 pub mod addrs;
 pub mod bpf;
+pub mod cli;
+pub mod client;
+pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod events;
+pub mod knocklog;
+pub mod process;
+pub mod tracker;

@@ -1,6 +1,7 @@
 //! Shared helpers for the end-to-end tests: privilege gating, network
 //! namespaces torn down by a guard, and hand-built frames.
 
+pub mod daemon;
 pub mod frames;
 pub mod netns;
 

@@ -32,7 +32,11 @@ pub struct NetPair {
 
 impl NetPair {
     pub fn new() -> Result<Self> {
-        let id = format!("{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{}x{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let pair = Self {
             server: format!("xks{id}"),
             client: format!("xkc{id}"),
@@ -47,8 +51,21 @@ impl NetPair {
     fn setup(&self) -> Result<()> {
         run(&["ip", "netns", "add", &self.server])?;
         run(&["ip", "netns", "add", &self.client])?;
-        run(&["ip", "link", "add", &self.server_if, "netns", &self.server, "type", "veth", "peer", "name",
-            &self.client_if, "netns", &self.client])?;
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &self.server_if,
+            "netns",
+            &self.server,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.client_if,
+            "netns",
+            &self.client,
+        ])?;
         for (ns, ifc, addrs) in [
             (&self.server, &self.server_if, [SERVER_V4, SERVER_V6, ""]),
             (&self.client, &self.client_if, [CLIENT_V4, CLIENT_V6, ""]),
@@ -56,23 +73,68 @@ impl NetPair {
             self.in_ns(ns, &["ip", "link", "set", "lo", "up"])?;
             self.in_ns(ns, &["ip", "link", "set", ifc, "up"])?;
             for a in addrs.iter().filter(|a| !a.is_empty()) {
-                let cidr = if a.contains(':') { format!("{a}/64") } else { format!("{a}/24") };
+                let cidr = if a.contains(':') {
+                    format!("{a}/64")
+                } else {
+                    format!("{a}/24")
+                };
                 self.in_ns(ns, &["ip", "addr", "add", &cidr, "dev", ifc, "nodad"])?;
             }
         }
-        self.in_ns(&self.client, &["ip", "addr", "add", &format!("{CLIENT2_V4}/24"), "dev", &self.client_if])?;
-        self.in_ns(&self.client, &["ip", "addr", "add", &format!("{CLIENT2_V6}/64"), "dev", &self.client_if, "nodad"])?;
+        self.in_ns(
+            &self.client,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{CLIENT2_V4}/24"),
+                "dev",
+                &self.client_if,
+            ],
+        )?;
+        // Deprecated (preferred_lft 0), so the stack never picks it as a source
+        // address unless a socket binds to it.
+        let second_v6 = format!("{CLIENT2_V6}/64");
+        self.in_ns(
+            &self.client,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &second_v6,
+                "dev",
+                &self.client_if,
+                "nodad",
+                "preferred_lft",
+                "0",
+            ],
+        )?;
         // Static neighbours for the non-local address, so packets to it leave
         // the client instead of waiting on ARP/ND that nobody answers.
         let mac = self.server_mac()?;
         for other in [OTHER_V4, OTHER_V6] {
-            self.in_ns(&self.client, &["ip", "neigh", "replace", other, "lladdr", &mac, "dev", &self.client_if])?;
+            self.in_ns(
+                &self.client,
+                &[
+                    "ip",
+                    "neigh",
+                    "replace",
+                    other,
+                    "lladdr",
+                    &mac,
+                    "dev",
+                    &self.client_if,
+                ],
+            )?;
         }
         Ok(())
     }
 
     fn server_mac(&self) -> Result<String> {
-        let out = self.in_ns(&self.server, &["cat", &format!("/sys/class/net/{}/address", self.server_if)])?;
+        let out = self.in_ns(
+            &self.server,
+            &["cat", &format!("/sys/class/net/{}/address", self.server_if)],
+        )?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
@@ -95,7 +157,10 @@ impl NetPair {
 impl Drop for NetPair {
     fn drop(&mut self) {
         for ns in [&self.server, &self.client] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
@@ -107,9 +172,15 @@ pub fn ns_command(ns: &str, program: &str) -> Command {
 }
 
 pub fn run(argv: &[&str]) -> Result<Output> {
-    let out = Command::new(argv[0]).args(&argv[1..]).output().with_context(|| format!("spawning {argv:?}"))?;
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .with_context(|| format!("spawning {argv:?}"))?;
     if !out.status.success() {
-        bail!("{argv:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{argv:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(out)
 }
@@ -123,7 +194,11 @@ impl ChildGuard {
     }
 
     /// Sends `sig` and waits for the exit, bounded by `timeout`.
-    pub fn signal_and_wait(&mut self, sig: i32, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+    pub fn signal_and_wait(
+        &mut self,
+        sig: i32,
+        timeout: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
         // SAFETY: sending a signal to our own child.
         unsafe { libc::kill(self.0.id() as i32, sig) };
         let mut status = None;
@@ -140,4 +215,59 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Runs `f` on a thread that has joined network namespace `ns`, so sockets
+/// it creates live there (for raw packets the client tools cannot make).
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a valid namespace fd affects only this thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(anyhow::anyhow!(
+                "setns: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
+}
+
+/// Sends one bare TCP segment with the given flags from a raw socket (the
+/// kernel adds the IPv4 header). Call inside `in_netns`.
+pub fn send_tcp_flags(dst: std::net::Ipv4Addr, dport: u16, flags: u8) -> std::io::Result<()> {
+    // SAFETY: plain socket calls on a buffer we own; the fd is closed below.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut seg = [0u8; 20];
+        seg[0..2].copy_from_slice(&40001u16.to_be_bytes());
+        seg[2..4].copy_from_slice(&dport.to_be_bytes());
+        seg[12] = 5 << 4;
+        seg[13] = flags;
+        seg[14..16].copy_from_slice(&1024u16.to_be_bytes());
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as u16;
+        sa.sin_addr.s_addr = u32::from(dst).to_be();
+        let n = libc::sendto(
+            fd,
+            seg.as_ptr().cast(),
+            seg.len(),
+            0,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if n < 0 {
+            return Err(err);
+        }
+    }
+    Ok(())
 }

@@ -17,7 +17,7 @@ use xknock::{
     events::{decode, KnockRecord},
 };
 use xknock_tests::{
-    frames::{self, Ext, L4, ACK, SYN, TCP, UDP},
+    frames::{self, Ext, ACK, L4, SYN, TCP, UDP},
     privileged,
 };
 
@@ -38,7 +38,14 @@ impl Rig {
     fn new() -> Self {
         let mut knocker = XdpKnocker::load().expect("load XDP object");
         let ports = BTreeMap::from([
-            (PortKey::new(7000, TCP), PortRule { must_set: SYN, must_clear: ACK, _pad: [0; 2] }),
+            (
+                PortKey::new(7000, TCP),
+                PortRule {
+                    must_set: SYN,
+                    must_clear: ACK,
+                    _pad: [0; 2],
+                },
+            ),
             (PortKey::new(8000, UDP), PortRule::default()),
             (PortKey::new(9000, TCP), PortRule::default()),
         ]);
@@ -55,8 +62,16 @@ impl Rig {
 
     /// Runs one frame and returns the verdict and the events it produced.
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<KnockRecord>) {
-        let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
-        let res = self.knocker.program().unwrap().test_run(opts).expect("BPF_PROG_TEST_RUN");
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        };
+        let res = self
+            .knocker
+            .program()
+            .unwrap()
+            .test_run(opts)
+            .expect("BPF_PROG_TEST_RUN");
         let mut evs = Vec::new();
         while let Some(item) = self.ring.next() {
             evs.push(decode(&item).expect("decodable event"));
@@ -85,7 +100,10 @@ fn ipv4_tcp_syn_gives_one_event_with_the_right_fields() {
     let e = evs[0];
     assert_eq!(e.src, IpAddr::V4(REMOTE4));
     assert_eq!(e.dst, IpAddr::V4(LOCAL4));
-    assert_eq!((e.step.port, e.step.proto, e.src_port, e.tcp_flags), (7000, Proto::Tcp, 40000, SYN));
+    assert_eq!(
+        (e.step.port, e.step.proto, e.src_port, e.tcp_flags),
+        (7000, Proto::Tcp, 40000, SYN)
+    );
     assert!(e.at.as_nanos() > 0, "timestamp set");
     assert_eq!(rig.counters().knock_hits, 1);
 }
@@ -96,7 +114,13 @@ fn ipv6_tcp_syn_gives_one_event() {
         return;
     }
     let mut rig = Rig::new();
-    let (verdict, evs) = rig.run(&frames::ipv6(REMOTE6, LOCAL6, &L4::tcp(7000, SYN), &[], &[]));
+    let (verdict, evs) = rig.run(&frames::ipv6(
+        REMOTE6,
+        LOCAL6,
+        &L4::tcp(7000, SYN),
+        &[],
+        &[],
+    ));
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(evs.len(), 1);
     assert_eq!(evs[0].src, IpAddr::V6(REMOTE6));
@@ -110,7 +134,12 @@ fn non_knock_port_and_non_ip_give_nothing() {
         return;
     }
     let mut rig = Rig::new();
-    for frame in [v4(&L4::tcp(22, SYN)), v4(&L4::udp(7000)), v4(&L4::tcp(8000, SYN)), frames::arp()] {
+    for frame in [
+        v4(&L4::tcp(22, SYN)),
+        v4(&L4::udp(7000)),
+        v4(&L4::tcp(8000, SYN)),
+        frames::arp(),
+    ] {
         assert_eq!(rig.run(&frame), (XDP_PASS, vec![]));
     }
     let c = rig.counters();
@@ -154,11 +183,32 @@ fn ipv4_options_and_first_fragment_are_knocks_later_fragments_are_not() {
     }
     let mut rig = Rig::new();
     let l4 = L4::tcp(7000, SYN);
-    assert_eq!(rig.run(&frames::ipv4(REMOTE4, LOCAL4, &l4, &[], 10, 0)).1.len(), 1, "IHL 15");
+    assert_eq!(
+        rig.run(&frames::ipv4(REMOTE4, LOCAL4, &l4, &[], 10, 0))
+            .1
+            .len(),
+        1,
+        "IHL 15"
+    );
     // More-fragments set, offset 0: the first fragment carries the header.
-    assert_eq!(rig.run(&frames::ipv4(REMOTE4, LOCAL4, &l4, &[], 0, 0x2000)).1.len(), 1);
-    assert_eq!(rig.run(&frames::ipv4(REMOTE4, LOCAL4, &l4, &[], 0, 0x2000 | 185)).1.len(), 0);
-    assert_eq!(rig.run(&frames::ipv4(REMOTE4, LOCAL4, &l4, &[], 0, 1)).1.len(), 0);
+    assert_eq!(
+        rig.run(&frames::ipv4(REMOTE4, LOCAL4, &l4, &[], 0, 0x2000))
+            .1
+            .len(),
+        1
+    );
+    assert_eq!(
+        rig.run(&frames::ipv4(REMOTE4, LOCAL4, &l4, &[], 0, 0x2000 | 185))
+            .1
+            .len(),
+        0
+    );
+    assert_eq!(
+        rig.run(&frames::ipv4(REMOTE4, LOCAL4, &l4, &[], 0, 1))
+            .1
+            .len(),
+        0
+    );
 }
 
 #[test]
@@ -172,7 +222,13 @@ fn ipv6_extension_headers_are_walked() {
         &[Ext::HopByHop],
         &[Ext::HopByHop, Ext::Routing, Ext::DestOpts],
         &[Ext::Fragment(0)],
-        &[Ext::HopByHop, Ext::DestOpts, Ext::Routing, Ext::Fragment(0), Ext::DestOpts],
+        &[
+            Ext::HopByHop,
+            Ext::DestOpts,
+            Ext::Routing,
+            Ext::Fragment(0),
+            Ext::DestOpts,
+        ],
     ];
     for chain in chains {
         let f = frames::ipv6(REMOTE6, LOCAL6, &l4, &[], chain);
@@ -189,11 +245,28 @@ fn only_local_or_target_destinations_count() {
     }
     let mut rig = Rig::new();
     let l4 = L4::tcp(7000, SYN);
-    assert_eq!(rig.run(&frames::ipv4(REMOTE4, TARGET4, &l4, &[], 0, 0)).1.len(), 1, "target");
+    assert_eq!(
+        rig.run(&frames::ipv4(REMOTE4, TARGET4, &l4, &[], 0, 0))
+            .1
+            .len(),
+        1,
+        "target"
+    );
     let other = Ipv4Addr::new(10, 1, 0, 99);
-    assert_eq!(rig.run(&frames::ipv4(REMOTE4, other, &l4, &[], 0, 0)).1.len(), 0, "not local");
+    assert_eq!(
+        rig.run(&frames::ipv4(REMOTE4, other, &l4, &[], 0, 0))
+            .1
+            .len(),
+        0,
+        "not local"
+    );
     let other6 = Ipv6Addr::new(0xfd01, 0, 0, 0, 0, 0, 0, 0x99);
-    assert_eq!(rig.run(&frames::ipv6(REMOTE6, other6, &l4, &[], &[])).1.len(), 0);
+    assert_eq!(
+        rig.run(&frames::ipv6(REMOTE6, other6, &l4, &[], &[]))
+            .1
+            .len(),
+        0
+    );
     assert_eq!(rig.counters().not_local, 2);
 }
 
@@ -207,7 +280,13 @@ fn every_truncation_passes_without_an_event() {
         v4(&L4::tcp(7000, SYN)),
         v4(&L4::udp(8000)),
         frames::ipv4(REMOTE4, LOCAL4, &L4::tcp(7000, SYN), &[1, 2], 3, 0),
-        frames::ipv6(REMOTE6, LOCAL6, &L4::tcp(7000, SYN), &[5], &[Ext::HopByHop, Ext::Fragment(0)]),
+        frames::ipv6(
+            REMOTE6,
+            LOCAL6,
+            &L4::tcp(7000, SYN),
+            &[5],
+            &[Ext::HopByHop, Ext::Fragment(0)],
+        ),
     ];
     for frame in full {
         assert_eq!(rig.run(&frame).1.len(), 1, "the full frame is a knock");
@@ -226,7 +305,10 @@ fn every_truncation_passes_without_an_event() {
 }
 
 fn run_truncated(rig: &mut Rig, frame: &[u8]) -> Option<(u32, Vec<KnockRecord>)> {
-    let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        ..Default::default()
+    };
     let res = rig.knocker.program().unwrap().test_run(opts).ok()?;
     let mut evs = Vec::new();
     while let Some(item) = rig.ring.next() {

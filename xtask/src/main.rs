@@ -1,1 +1,151 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup|build|run|test|demo`.
+
+mod demo;
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "xknock project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and tests need (idempotent).
+    Setup,
+    /// Build xknockd and xknock.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run xknockd with the given arguments (via sudo -E when not root).
+    Run {
+        #[arg(long)]
+        release: bool,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Setup, unprivileged tests, then privileged end-to-end tests.
+    Test,
+    /// A one-minute tour in two throwaway network namespaces.
+    Demo {
+        #[arg(long)]
+        release: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run().map(|_| ()),
+        Task::Build { release } => build(release),
+        Task::Run { release, args } => run(release, &args),
+        Task::Test => test(),
+        Task::Demo { release } => {
+            build(release)?;
+            demo::run(&bin_dir(release))
+        }
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
+fn bin_dir(release: bool) -> PathBuf {
+    workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A cargo command whose PATH finds our bpf-linker, so knockd-user's build
+/// script can link the XDP object.
+fn cargo(args: &[&str]) -> Result<Command> {
+    let linker_bin = setup::bpf_linker_bin_dir()?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![linker_bin];
+    paths.extend(std::env::split_paths(&path));
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args)
+        .current_dir(workspace_root())
+        .env("PATH", std::env::join_paths(paths)?);
+    Ok(cmd)
+}
+
+pub fn check(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> Result<()> {
+    setup::ensure_toolchain()?;
+    let mut args = vec!["build", "--package", "knockd-user", "--bins"];
+    if release {
+        args.push("--release");
+    }
+    check(&mut cargo(&args)?)
+}
+
+fn run(release: bool, args: &[String]) -> Result<()> {
+    build(release)?;
+    let daemon = bin_dir(release).join("xknockd");
+    let mut cmd = if is_root() {
+        Command::new(&daemon)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("-E").arg(&daemon);
+        c
+    };
+    check(cmd.args(args))
+}
+
+fn test() -> Result<()> {
+    setup::run()?;
+    println!("== unprivileged tests");
+    check(&mut cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "xknock-tests",
+        "--exclude",
+        "knockd-ebpf",
+    ])?)?;
+    println!("== privileged end-to-end tests");
+    build(false)?;
+    let mut e2e = cargo(&[
+        "test",
+        "--package",
+        "xknock-tests",
+        "--",
+        "--test-threads=1",
+    ])?;
+    e2e.env("XKNOCK_BIN_DIR", bin_dir(false));
+    if is_root() {
+        // Running as root: a test that would skip for lack of privilege fails instead.
+        e2e.env("XKNOCK_REQUIRE_PRIV", "1");
+    } else {
+        println!("not root: privileged tests will report SKIPPED");
+    }
+    check(&mut e2e)?;
+    if is_root() {
+        println!("== demo");
+        demo::run(&bin_dir(false))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! Tests of the whole pipeline, by format and concern.
+
+mod conf;
+mod emit;
+mod one_time;
+mod support;
+mod validate;
+mod yaml;

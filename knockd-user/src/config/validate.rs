@@ -1,0 +1,122 @@
+//! Checks that need the whole door or several doors, run on what either parser built.
+
+use std::path::Path;
+
+use super::{
+    draft::{Draft, DraftDoor},
+    error::ConfigError,
+    model::{Proto, Step, TcpFlags},
+    values::check_sequence_len,
+};
+
+pub(crate) fn validate(draft: &Draft, path: &Path) -> Result<(), ConfigError> {
+    if draft.doors.is_empty() {
+        return Err(ConfigError::new(path, draft.doors_line, "no doors defined"));
+    }
+    // Names first: a repeated YAML door's key lines are those of its first block.
+    check_unique_names(&draft.doors, path)?;
+    for door in &draft.doors {
+        check_door(door, path)?;
+    }
+    check_distinguishable(&draft.doors, path)
+}
+
+fn check_door(draft: &DraftDoor, path: &Path) -> Result<(), ConfigError> {
+    let door = &draft.door;
+    if door.name.is_empty() {
+        return Err(ConfigError::new(
+            path,
+            draft.lines.header,
+            "a door needs a name",
+        ));
+    }
+    if !draft.sequence_given && door.one_time_sequences.is_none() {
+        let message = format!(
+            "door `{}` has no `sequence` (nor `one_time_sequences`)",
+            door.name
+        );
+        return Err(ConfigError::new(path, draft.lines.header, message));
+    }
+    check_sequence_len(&door.sequence).map_err(|m| draft.error(path, draft.sequence_key(), m))?;
+    // knockd expires an attempt once `now - start >= seq_timeout`, so 0 kills every
+    // attempt at its second packet: the door could never open.
+    if door.seq_timeout.is_zero() {
+        return Err(draft.error(path, "seq_timeout", "must be more than 0 seconds"));
+    }
+    if let Some(open) = &door.open {
+        if open.ports.is_empty() {
+            return Err(draft.error(path, "open.ports", "`open` needs at least one port"));
+        }
+        if open.duration.is_zero() {
+            return Err(draft.error(path, "open.duration", "must be more than 0"));
+        }
+    }
+    Ok(())
+}
+
+fn check_unique_names(doors: &[DraftDoor], path: &Path) -> Result<(), ConfigError> {
+    for (j, later) in doors.iter().enumerate() {
+        if let Some(first) = doors[..j].iter().find(|d| d.door.name == later.door.name) {
+            let first_line = first
+                .lines
+                .header
+                .map_or(String::new(), |l| format!(" on line {l}"));
+            let message = format!("door `{}` is already defined{first_line}", later.door.name);
+            return Err(ConfigError::new(path, later.lines.header, message));
+        }
+    }
+    Ok(())
+}
+
+/// Two doors that accept the same packets in the same order cannot be told apart, and
+/// a door whose sequence starts another's opens on the way to the longer one.
+fn check_distinguishable(doors: &[DraftDoor], path: &Path) -> Result<(), ConfigError> {
+    for (j, later) in doors.iter().enumerate() {
+        for earlier in &doors[..j] {
+            if let Some(message) = conflict(earlier, later) {
+                return Err(later.error(path, later.sequence_key(), message));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn conflict(a: &DraftDoor, b: &DraftDoor) -> Option<String> {
+    let (sa, sb) = (&a.door.sequence, &b.door.sequence);
+    if effective_flags(a) != effective_flags(b) || a.door.target != b.door.target {
+        return None;
+    }
+    let (na, nb) = (&a.door.name, &b.door.name);
+    if sa == sb {
+        return Some(format!(
+            "doors `{na}` and `{nb}` have the same sequence ({}) with the same tcp_flags and target, so their knocks cannot be told apart",
+            show(sa)
+        ));
+    }
+    let (short, long) = if sa.len() < sb.len() { (a, b) } else { (b, a) };
+    let (ss, ls) = (&short.door.sequence, &long.door.sequence);
+    ls.starts_with(ss).then(|| {
+        format!(
+            "door `{}`'s whole sequence ({}) is the start of door `{}`'s ({}) with the same tcp_flags and target: knocking `{}` always opens `{}` first",
+            short.door.name, show(ss), long.door.name, show(ls), long.door.name, short.door.name
+        )
+    })
+}
+
+/// Flags only filter TCP packets, so they cannot tell all-UDP sequences apart.
+fn effective_flags(door: &DraftDoor) -> TcpFlags {
+    let has_tcp = door.door.sequence.iter().any(|s| s.proto == Proto::Tcp);
+    if has_tcp {
+        door.door.tcp_flags
+    } else {
+        TcpFlags::default()
+    }
+}
+
+fn show(steps: &[Step]) -> String {
+    steps
+        .iter()
+        .map(Step::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}

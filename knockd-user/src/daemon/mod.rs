@@ -1,0 +1,260 @@
+//! The daemon: kernel events in, knockd's log lines and actions out.
+
+mod doors;
+mod onetime;
+mod reload;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+
+pub use doors::{canonical, door_spec, kernel_addrs, kernel_ports};
+
+use crate::{
+    addrs::{local_addrs, AddrWatcher},
+    bpf::{AttachMode, XdpKnocker},
+    commands::{pick, CommandRunner},
+    config::model::{Config, Door},
+    events::{monotonic_now, EventStream, KnockRecord},
+    knocklog::{self, KnockLog},
+    tracker::{Knock, Outcome, Tracker},
+};
+
+/// What the command line adds to the config.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: AttachMode,
+    pub only_ipv4: bool,
+    pub lookup: bool,
+}
+
+pub struct Daemon {
+    cfg: Config,
+    opts: RunOptions,
+    doors: HashMap<Arc<str>, Door>,
+    tracker: Tracker,
+    knocker: XdpKnocker,
+    log: Arc<KnockLog>,
+    runner: CommandRunner,
+    local: BTreeSet<IpAddr>,
+    hostnames: HashMap<IpAddr, Option<String>>,
+}
+
+impl Daemon {
+    /// Loads the XDP program, fills its maps and attaches it. Nothing is
+    /// attached if any step before attaching fails.
+    pub fn start(cfg: Config, opts: RunOptions, log: Arc<KnockLog>) -> Result<Self> {
+        let mut knocker = XdpKnocker::load().context("loading the XDP program")?;
+        let local = local_addrs().context("reading local addresses")?;
+        knocker.set_knock_ports(&kernel_ports(&cfg.doors))?;
+        knocker.set_addrs(&kernel_addrs(&local, &cfg.doors, opts.only_ipv4))?;
+        for iface in &opts.interfaces {
+            let mode = knocker.attach(iface, opts.xdp_mode)?;
+            log::debug!("{iface}: XDP attached in {mode:?} mode");
+        }
+        let tracker = Tracker::new(
+            cfg.doors.iter().map(door_spec).collect(),
+            cfg.options.max_sources,
+        );
+        let runner = CommandRunner::new(log.sink());
+        let doors = cfg
+            .doors
+            .iter()
+            .map(|d| (Arc::from(d.name.as_str()), d.clone()))
+            .collect();
+        Ok(Self {
+            cfg,
+            opts,
+            doors,
+            tracker,
+            knocker,
+            log,
+            runner,
+            local,
+            hostnames: HashMap::new(),
+        })
+    }
+
+    /// Runs until SIGINT or SIGTERM, then closes every door it opened.
+    pub async fn run(mut self) -> Result<()> {
+        let mut events = EventStream::new(self.knocker.take_events()?)?;
+        let mut addr_watch = AddrWatcher::new().context("subscribing to address changes")?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        self.log.line(&knocklog::starting_up(&self.opts.interfaces));
+        let mut batch = Vec::new();
+        loop {
+            let deadline = self.purge_sleep();
+            tokio::select! {
+                res = events.next_batch(&mut batch) => {
+                    res.context("reading the ring buffer")?;
+                    self.handle_batch(&mut batch).await;
+                }
+                () = deadline => self.purge().await,
+                res = addr_watch.changed() => {
+                    res.context("watching addresses")?;
+                    self.sync_addrs();
+                }
+                _ = hup.recv() => self.reload(),
+                _ = int.recv() => break,
+                _ = term.recv() => break,
+            }
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Sleeps until the tracker's next expiry, or forever if none.
+    fn purge_sleep(&self) -> impl std::future::Future<Output = ()> {
+        let wait = self
+            .tracker
+            .next_deadline()
+            .map(|d| d.saturating_sub(monotonic_now()));
+        async move {
+            match wait {
+                Some(w) => tokio::time::sleep(w).await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    async fn purge(&mut self) {
+        let mut out = Vec::new();
+        self.tracker.purge(monotonic_now(), &mut out);
+        self.handle_outcomes(out).await;
+    }
+
+    async fn handle_batch(&mut self, batch: &mut Vec<KnockRecord>) {
+        let mut out = Vec::new();
+        for rec in batch.drain(..) {
+            let src = canonical(rec.src);
+            if self.opts.only_ipv4 && src.is_ipv6() {
+                continue;
+            }
+            log::debug!(
+                "knock {} -> {} {} flags {:#04x}",
+                src,
+                rec.dst,
+                rec.step,
+                rec.tcp_flags
+            );
+            let dst = canonical(rec.dst);
+            let knock = Knock {
+                src,
+                dst,
+                dst_is_local: self.local.contains(&dst),
+                step: rec.step,
+                tcp_flags: rec.tcp_flags,
+                at: rec.at,
+            };
+            self.tracker.on_knock(&knock, &mut out);
+        }
+        self.handle_outcomes(out).await;
+    }
+
+    async fn handle_outcomes(&mut self, out: Vec<Outcome>) {
+        for o in out {
+            match o {
+                Outcome::Stage { src, door, stage } => {
+                    let who = self.who(src).await;
+                    self.log.line(&knocklog::stage(who, &door, stage));
+                }
+                Outcome::Open { src, door } => {
+                    let who = self.who(src).await;
+                    self.log.line(&knocklog::open_sesame(who, &door));
+                    self.open(src, &door);
+                }
+                Outcome::Timeout { src, door, stage } => {
+                    let who = self.who(src).await;
+                    self.log.line(&knocklog::seq_timeout(who, &door, stage));
+                }
+                Outcome::Evicted { src } => {
+                    log::debug!("{src}: evicted: tracker is at max_sources")
+                }
+            }
+        }
+    }
+
+    /// OPEN SESAME: consume a one-time sequence first (so a crash can never
+    /// let it be replayed), then run the door's commands.
+    fn open(&mut self, src: IpAddr, name: &Arc<str>) {
+        let Some(door) = self.doors.get(name).cloned() else {
+            return;
+        };
+        if door.one_time_sequences.is_some() && !self.rotate_one_time(&door) {
+            return;
+        }
+        let start = pick(
+            door.start_command.as_deref(),
+            door.start_command_6.as_deref(),
+            src,
+        );
+        let stop = pick(
+            door.stop_command.as_deref(),
+            door.stop_command_6.as_deref(),
+            src,
+        );
+        if start.is_some() || stop.is_some() {
+            self.runner.open(
+                &door.name,
+                src,
+                start.map(String::from),
+                stop.map(String::from),
+                door.cmd_timeout,
+            );
+        }
+    }
+
+    /// The log prefix for a knocker: its address, plus its name with -l.
+    async fn who(&mut self, ip: IpAddr) -> String {
+        if !self.opts.lookup {
+            return knocklog::ip_prefix(ip, None);
+        }
+        if !self.hostnames.contains_key(&ip) {
+            let lookup = tokio::task::spawn_blocking(move || knocklog::reverse_lookup(ip));
+            let name = tokio::time::timeout(Duration::from_secs(2), lookup)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
+            if self.hostnames.len() > 4096 {
+                self.hostnames.clear();
+            }
+            self.hostnames.insert(ip, name);
+        }
+        knocklog::ip_prefix(ip, self.hostnames[&ip].as_deref())
+    }
+
+    fn sync_addrs(&mut self) {
+        match local_addrs() {
+            Ok(local) => {
+                if local != self.local {
+                    log::debug!("local addresses changed: {local:?}");
+                    self.local = local;
+                }
+                let want = kernel_addrs(&self.local, &self.cfg.doors, self.opts.only_ipv4);
+                if let Err(e) = self.knocker.set_addrs(&want) {
+                    log::error!("updating address maps: {e}");
+                }
+            }
+            Err(e) => log::error!("re-reading local addresses: {e}"),
+        }
+    }
+
+    async fn shutdown(self) {
+        self.log.line(&knocklog::shutting_down());
+        if !self.runner.shutdown().await {
+            log::warn!("some commands were still running at exit");
+        }
+        // Dropping the knocker detaches XDP from every interface.
+        drop(self.knocker);
+    }
+}
