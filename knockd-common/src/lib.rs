@@ -26,7 +26,13 @@ pub mod counter {
     pub const FLAG_MISMATCH: u32 = 2;
     pub const RINGBUF_FULL: u32 = 3;
     pub const NOT_LOCAL: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// New connections to a gated port dropped (no open window).
+    pub const GATE_DROP: u32 = 5;
+    /// New connections to a gated port let through by a window.
+    pub const GATE_PASS: u32 = 6;
+    /// Knock packets dropped because their door is stealthy.
+    pub const STEALTH_DROP: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Key of the knock-port map.
@@ -40,11 +46,7 @@ pub struct PortKey {
 
 impl PortKey {
     pub const fn new(port: u16, proto: u8) -> Self {
-        Self {
-            port,
-            proto,
-            _pad: 0,
-        }
+        Self { port, proto, _pad: 0 }
     }
 }
 
@@ -56,7 +58,45 @@ impl PortKey {
 pub struct PortRule {
     pub must_set: u8,
     pub must_clear: u8,
-    pub _pad: [u8; 2],
+    /// `PORT_STEALTH`: drop the knock after recording it.
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+pub const PORT_STEALTH: u8 = 1;
+
+/// Capacity of the gated-port map.
+pub const MAX_GATE_PORTS: u32 = 1024;
+/// Capacity of the open-window map.
+pub const MAX_WINDOWS: u32 = 65_536;
+
+/// Index 0 of the CONFIG array holds these bits. A plain array lookup is
+/// inlined by the verifier, so the gate costs frames nothing while off.
+pub const CONFIG_GATE_ON: u32 = 1;
+
+/// Key of the open-window map: who may open which port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AllowKey {
+    /// Source address; IPv4 uses the first 4 bytes.
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Door names are kept to this many bytes in the window map.
+pub const DOOR_NAME_LEN: usize = 24;
+
+/// Value of the open-window map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllowValue {
+    /// CLOCK_MONOTONIC ns after which the window is shut; the kernel checks it
+    /// against the packet time, so it needs no daemon.
+    pub expires_ns: u64,
+    /// The door that opened it, NUL-padded, for `--status`.
+    pub door: [u8; DOOR_NAME_LEN],
 }
 
 /// Value of the local-address maps. The key is the address itself
@@ -96,6 +136,8 @@ pub struct KnockEvent {
 const _: () = assert!(core::mem::size_of::<PortKey>() == 4);
 const _: () = assert!(core::mem::size_of::<PortRule>() == 4);
 const _: () = assert!(core::mem::size_of::<AddrMark>() == 4);
+const _: () = assert!(core::mem::size_of::<AllowKey>() == 20);
+const _: () = assert!(core::mem::size_of::<AllowValue>() == 32);
 const _: () = assert!(core::mem::size_of::<KnockEvent>() == 56);
 const _: () = assert!(core::mem::align_of::<KnockEvent>() == 8);
 
@@ -108,4 +150,6 @@ mod pod {
     unsafe impl aya::Pod for PortRule {}
     unsafe impl aya::Pod for AddrMark {}
     unsafe impl aya::Pod for KnockEvent {}
+    unsafe impl aya::Pod for AllowKey {}
+    unsafe impl aya::Pod for AllowValue {}
 }

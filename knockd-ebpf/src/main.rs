@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod gate;
 mod parse;
 
 use aya_ebpf::{
@@ -14,7 +15,7 @@ use aya_ebpf::{
 };
 use knockd_common::{
     counter, AddrMark, KnockEvent, PortKey, PortRule, FAMILY_V4, MAX_KNOCK_PORTS, MAX_LOCAL_ADDRS,
-    PROTO_TCP, RING_BYTES,
+    PORT_STEALTH, PROTO_TCP, RING_BYTES,
 };
 use parse::{locate_l4, ptr_at, read_be16, read_u8, L4, TCP_HLEN, UDP_HLEN};
 
@@ -36,36 +37,36 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[xdp]
 pub fn xknock(ctx: XdpContext) -> u32 {
     bump(counter::FRAMES);
-    // Nothing here may turn into a drop: a parse failure is "not ours".
-    let _ = try_xknock(&ctx);
-    xdp_action::XDP_PASS
+    // A parse failure is "not ours": only a recognised knock on a stealthy
+    // door or a gated new connection is ever dropped.
+    try_xknock(&ctx).unwrap_or(xdp_action::XDP_PASS)
 }
 
 #[inline(always)]
-fn try_xknock(ctx: &XdpContext) -> Option<()> {
+fn try_xknock(ctx: &XdpContext) -> Option<u32> {
     let l4 = locate_l4(ctx)?;
-    let hlen = if l4.proto == PROTO_TCP {
-        TCP_HLEN
-    } else {
-        UDP_HLEN
-    };
+    let hlen = if l4.proto == PROTO_TCP { TCP_HLEN } else { UDP_HLEN };
     // The whole L4 header must be present, not just the port we read.
     ptr_at::<u8>(ctx, l4.l4 + hlen - 1)?;
     let dst_port = read_be16(ctx, l4.l4 + 2)?;
+    let flags = if l4.proto == PROTO_TCP { read_u8(ctx, l4.l4 + 13)? } else { 0 };
+    let key = PortKey::new(dst_port, l4.proto);
     // SAFETY: values are plain integers; a concurrent update can at worst
     // give us the old or new rule, both valid.
-    let rule = unsafe { KNOCK_PORTS.get(PortKey::new(dst_port, l4.proto)) }?;
-    let flags = if l4.proto == PROTO_TCP {
-        read_u8(ctx, l4.l4 + 13)?
-    } else {
-        0
-    };
+    if let Some(rule) = unsafe { KNOCK_PORTS.get(key) } {
+        return knock(ctx, &l4, rule, dst_port, flags);
+    }
+    gate::check(ctx, &l4, key, flags)
+}
+
+#[inline(always)]
+fn knock(ctx: &XdpContext, l4: &L4, rule: &PortRule, dst_port: u16, flags: u8) -> Option<u32> {
     if l4.proto == PROTO_TCP && !flags_match(rule, flags) {
         bump(counter::FLAG_MISMATCH);
         return None;
     }
-    let mut ev = event_addrs(ctx, &l4)?;
-    if !is_local(&l4, &ev.dst) {
+    let mut ev = event_addrs(ctx, l4)?;
+    if !is_local(l4, &ev.dst) {
         bump(counter::NOT_LOCAL);
         return None;
     }
@@ -75,7 +76,11 @@ fn try_xknock(ctx: &XdpContext) -> Option<()> {
     ev.tcp_flags = flags;
     ev.ifindex = ctx.ingress_ifindex() as u32;
     emit(ev);
-    Some(())
+    if rule.flags & PORT_STEALTH != 0 {
+        bump(counter::STEALTH_DROP);
+        return Some(xdp_action::XDP_DROP);
+    }
+    None
 }
 
 #[inline(always)]
@@ -136,7 +141,7 @@ fn emit(mut ev: KnockEvent) {
 }
 
 #[inline(always)]
-fn bump(index: u32) {
+pub(crate) fn bump(index: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, so no other writer races us.
         unsafe { *c += 1 };

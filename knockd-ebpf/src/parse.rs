@@ -100,12 +100,7 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Option<L4> {
     }
     let proto = read_u8(ctx, l3 + 9)?;
     l4_proto(proto)?;
-    Some(L4 {
-        family: FAMILY_V4,
-        proto,
-        l3,
-        l4: l3 + ihl,
-    })
+    Some(L4 { family: FAMILY_V4, proto, l3, l4: l3 + ihl })
 }
 
 #[inline(always)]
@@ -116,10 +111,7 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Option<L4> {
     let mut next = read_u8(ctx, l3 + 6)?;
     let mut off = l3 + IPV6_HLEN;
     for _ in 0..MAX_EXT_HDRS {
-        if !matches!(
-            next,
-            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_FRAGMENT
-        ) {
+        if !matches!(next, NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_FRAGMENT) {
             break;
         }
         // One bounds check for the 4 bytes all these headers start with, so
@@ -142,12 +134,7 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Option<L4> {
         }
     }
     l4_proto(next)?;
-    Some(L4 {
-        family: FAMILY_V6,
-        proto: next,
-        l3,
-        l4: off,
-    })
+    Some(L4 { family: FAMILY_V6, proto: next, l3, l4: off })
 }
 
 #[inline(always)]

@@ -49,6 +49,12 @@ pub struct DaemonArgs {
     /// Print the config as native YAML and exit.
     #[arg(long)]
     pub convert: bool,
+    /// List open gate windows (door, address, port, time left) from kernel state.
+    #[arg(long, conflicts_with_all = ["check", "convert", "flush"])]
+    pub status: bool,
+    /// Remove every firewall table, chain, set, pin and map xknockd owns, then exit.
+    #[arg(long, conflicts_with_all = ["check", "convert"])]
+    pub flush: bool,
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub xdp_mode: AttachMode,
@@ -101,8 +107,7 @@ mod tests {
 
     #[test]
     fn defaults_and_long_forms() {
-        let a = DaemonArgs::try_parse_from(["xknockd", "--interface", "eth2", "--xdp-mode", "skb"])
-            .unwrap();
+        let a = DaemonArgs::try_parse_from(["xknockd", "--interface", "eth2", "--xdp-mode", "skb"]).unwrap();
         assert_eq!(a.config, PathBuf::from(DEFAULT_CONFIG));
         assert_eq!(a.xdp_mode, AttachMode::Skb);
         assert!(!a.check && !a.convert);

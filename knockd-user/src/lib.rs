@@ -4,6 +4,7 @@
 //! [`tracker`] → [`commands`] (and, later, firewall gates).
 
 pub mod addrs;
+pub mod admin;
 pub mod bpf;
 pub mod cli;
 pub mod client;
@@ -11,6 +12,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod gate;
 pub mod knocklog;
 pub mod process;
 pub mod tracker;

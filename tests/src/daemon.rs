@@ -29,17 +29,12 @@ pub struct Captured {
 
 impl Captured {
     pub fn spawn(mut cmd: Command) -> Result<Self> {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         pump(child.stdout.take().expect("piped stdout"), lines.clone());
         pump(child.stderr.take().expect("piped stderr"), lines.clone());
-        Ok(Self {
-            child: ChildGuard(child),
-            lines,
-        })
+        Ok(Self { child: ChildGuard(child), lines })
     }
 
     pub fn output(&self) -> Vec<String> {
@@ -47,22 +42,14 @@ impl Captured {
     }
 
     pub fn count(&self, needle: &str) -> usize {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
+        self.lines.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
     }
 
     /// Waits until at least `n` lines contain `needle`.
     pub fn wait_for_n(&mut self, needle: &str, n: usize, timeout: Duration) -> Result<()> {
         let ok = wait_until(timeout, || self.count(needle) >= n || self.exited());
         if !ok || self.count(needle) < n {
-            bail!(
-                "waited {timeout:?} for {n}× {needle:?}; output so far:\n{}",
-                self.output().join("\n")
-            );
+            bail!("waited {timeout:?} for {n}× {needle:?}; output so far:\n{}", self.output().join("\n"));
         }
         Ok(())
     }
@@ -128,10 +115,7 @@ impl Server {
         let pair = crate::netns::NetPair::new()?;
         let dir = TempDir::new();
         let cfg = dir.path(file_name);
-        std::fs::write(
-            &cfg,
-            config.replace("{DIR}", dir.0.to_str().context("utf-8")?),
-        )?;
+        std::fs::write(&cfg, config.replace("{DIR}", dir.0.to_str().context("utf-8")?))?;
         let mut cmd = pair.server_cmd(bin("xknockd").to_str().context("utf-8")?);
         cmd.arg("-v")
             .arg("-c")
@@ -150,17 +134,9 @@ impl Server {
 
     /// Runs `xknock ARGS` in the client namespace and insists it succeeds.
     pub fn knock(&self, args: &[&str]) {
-        let out = self
-            .pair
-            .client_cmd(bin("xknock").to_str().unwrap())
-            .args(args)
-            .output()
-            .expect("spawn xknock");
-        assert!(
-            out.status.success(),
-            "xknock {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out =
+            self.pair.client_cmd(bin("xknock").to_str().unwrap()).args(args).output().expect("spawn xknock");
+        assert!(out.status.success(), "xknock {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     pub fn signal(&self, sig: i32) {

@@ -18,20 +18,10 @@ pub struct L4 {
 
 impl L4 {
     pub fn tcp(dport: u16, flags: u8) -> Self {
-        Self {
-            proto: TCP,
-            sport: 40000,
-            dport,
-            flags,
-        }
+        Self { proto: TCP, sport: 40000, dport, flags }
     }
     pub fn udp(dport: u16) -> Self {
-        Self {
-            proto: UDP,
-            sport: 40000,
-            dport,
-            flags: 0,
-        }
+        Self { proto: UDP, sport: 40000, dport, flags: 0 }
     }
 
     fn bytes(&self) -> Vec<u8> {
@@ -55,11 +45,7 @@ fn ethernet(vlans: &[u16], ethertype: u16) -> Vec<u8> {
     let mut b = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
     for (i, &vid) in vlans.iter().enumerate() {
         // The outer tag of a double-tagged frame is 802.1ad.
-        let tpid: u16 = if i == 0 && vlans.len() == 2 {
-            0x88a8
-        } else {
-            0x8100
-        };
+        let tpid: u16 = if i == 0 && vlans.len() == 2 { 0x88a8 } else { 0x8100 };
         b.extend(tpid.to_be_bytes());
         b.extend(vid.to_be_bytes());
     }
@@ -68,14 +54,7 @@ fn ethernet(vlans: &[u16], ethertype: u16) -> Vec<u8> {
 }
 
 /// IPv4 frame. `options` adds IHL words; `frag` is the raw flags+offset field.
-pub fn ipv4(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    l4: &L4,
-    vlans: &[u16],
-    options: usize,
-    frag: u16,
-) -> Vec<u8> {
+pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, l4: &L4, vlans: &[u16], options: usize, frag: u16) -> Vec<u8> {
     let payload = l4.bytes();
     let ihl = 5 + options;
     let mut b = ethernet(vlans, 0x0800);

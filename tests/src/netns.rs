@@ -32,11 +32,7 @@ pub struct NetPair {
 
 impl NetPair {
     pub fn new() -> Result<Self> {
-        let id = format!(
-            "{}x{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = format!("{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         let pair = Self {
             server: format!("xks{id}"),
             client: format!("xkc{id}"),
@@ -73,41 +69,20 @@ impl NetPair {
             self.in_ns(ns, &["ip", "link", "set", "lo", "up"])?;
             self.in_ns(ns, &["ip", "link", "set", ifc, "up"])?;
             for a in addrs.iter().filter(|a| !a.is_empty()) {
-                let cidr = if a.contains(':') {
-                    format!("{a}/64")
-                } else {
-                    format!("{a}/24")
-                };
+                let cidr = if a.contains(':') { format!("{a}/64") } else { format!("{a}/24") };
                 self.in_ns(ns, &["ip", "addr", "add", &cidr, "dev", ifc, "nodad"])?;
             }
         }
         self.in_ns(
             &self.client,
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("{CLIENT2_V4}/24"),
-                "dev",
-                &self.client_if,
-            ],
+            &["ip", "addr", "add", &format!("{CLIENT2_V4}/24"), "dev", &self.client_if],
         )?;
         // Deprecated (preferred_lft 0), so the stack never picks it as a source
         // address unless a socket binds to it.
         let second_v6 = format!("{CLIENT2_V6}/64");
         self.in_ns(
             &self.client,
-            &[
-                "ip",
-                "addr",
-                "add",
-                &second_v6,
-                "dev",
-                &self.client_if,
-                "nodad",
-                "preferred_lft",
-                "0",
-            ],
+            &["ip", "addr", "add", &second_v6, "dev", &self.client_if, "nodad", "preferred_lft", "0"],
         )?;
         // Static neighbours for the non-local address, so packets to it leave
         // the client instead of waiting on ARP/ND that nobody answers.
@@ -115,26 +90,15 @@ impl NetPair {
         for other in [OTHER_V4, OTHER_V6] {
             self.in_ns(
                 &self.client,
-                &[
-                    "ip",
-                    "neigh",
-                    "replace",
-                    other,
-                    "lladdr",
-                    &mac,
-                    "dev",
-                    &self.client_if,
-                ],
+                &["ip", "neigh", "replace", other, "lladdr", &mac, "dev", &self.client_if],
             )?;
         }
         Ok(())
     }
 
     fn server_mac(&self) -> Result<String> {
-        let out = self.in_ns(
-            &self.server,
-            &["cat", &format!("/sys/class/net/{}/address", self.server_if)],
-        )?;
+        let out =
+            self.in_ns(&self.server, &["cat", &format!("/sys/class/net/{}/address", self.server_if)])?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
@@ -157,10 +121,7 @@ impl NetPair {
 impl Drop for NetPair {
     fn drop(&mut self) {
         for ns in [&self.server, &self.client] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
+            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
         }
     }
 }
@@ -172,15 +133,10 @@ pub fn ns_command(ns: &str, program: &str) -> Command {
 }
 
 pub fn run(argv: &[&str]) -> Result<Output> {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .with_context(|| format!("spawning {argv:?}"))?;
+    let out =
+        Command::new(argv[0]).args(&argv[1..]).output().with_context(|| format!("spawning {argv:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{argv:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{argv:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(out)
 }
@@ -226,10 +182,7 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
         use std::os::fd::AsRawFd;
         // SAFETY: setns on a valid namespace fd affects only this thread.
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(anyhow::anyhow!(
-                "setns: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(anyhow::anyhow!("setns: {}", std::io::Error::last_os_error()));
         }
         Ok(f())
     })
@@ -270,4 +223,104 @@ pub fn send_tcp_flags(dst: std::net::Ipv4Addr, dport: u16, flags: u8) -> std::io
         }
     }
     Ok(())
+}
+
+/// A TCP echo server in a namespace, stopped when dropped.
+pub struct EchoServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EchoServer {
+    /// Listens on `addr` (use "[::]:PORT" for both families) inside `ns`.
+    pub fn start(ns: &str, addr: &str) -> Result<Self> {
+        let addr = addr.to_string();
+        let listener = in_netns(ns, move || std::net::TcpListener::bind(&addr))??;
+        listener.set_nonblocking(true)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        std::thread::spawn(move || echo(conn));
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+            }
+        });
+        Ok(Self { stop, thread: Some(thread) })
+    }
+}
+
+fn echo(mut conn: std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(30)));
+    let mut buf = [0u8; 512];
+    while let Ok(n) = conn.read(&mut buf) {
+        if n == 0 || conn.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A TCP connect made from inside `ns`, optionally from a chosen source
+/// address. The socket stays in `ns` whichever thread uses it later.
+pub fn connect_from(
+    ns: &str,
+    src: Option<std::net::IpAddr>,
+    dst: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> Result<std::io::Result<std::net::TcpStream>> {
+    in_netns(ns, move || {
+        let sock = socket2::Socket::new(socket2::Domain::for_address(dst), socket2::Type::STREAM, None)?;
+        if let Some(ip) = src {
+            sock.bind(&std::net::SocketAddr::new(ip, 0).into())?;
+        }
+        sock.connect_timeout(&dst.into(), timeout)?;
+        Ok(sock.into())
+    })
+}
+
+/// Sends `msg` and expects it echoed back.
+pub fn echoes(conn: &mut std::net::TcpStream, msg: &[u8]) -> bool {
+    use std::io::{Read, Write};
+    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(3)));
+    let mut back = vec![0u8; msg.len()];
+    conn.write_all(msg).is_ok() && conn.read_exact(&mut back).is_ok() && back == msg
+}
+
+/// A bpffs mounted at a throwaway path in the root mount namespace, so pins
+/// outlive each `ip netns exec` (which gets its own mount namespace).
+/// Unmounted, with everything pinned in it, when dropped.
+pub struct BpffsMount(pub std::path::PathBuf);
+
+impl BpffsMount {
+    pub fn new() -> Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "xk-bpf-{}x{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path)?;
+        run(&["mount", "-t", "bpf", "bpf", path.to_str().context("utf-8")?])?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for BpffsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }

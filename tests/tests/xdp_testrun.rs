@@ -10,7 +10,7 @@ use aya::{
     maps::{MapData, RingBuf},
     programs::{TestRun, TestRunOptions},
 };
-use knockd_common::{PortKey, PortRule, ADDR_LOCAL, ADDR_TARGET};
+use knockd_common::{PortKey, PortRule, ADDR_LOCAL, ADDR_TARGET, PORT_STEALTH};
 use xknock::{
     bpf::{Counters, XdpKnocker},
     config::model::Proto,
@@ -34,20 +34,19 @@ struct Rig {
 }
 
 impl Rig {
-    /// Knock ports: 7000/tcp (syn,!ack), 8000/udp, 9000/tcp (any flags).
+    /// Knock ports: 7000/tcp (syn,!ack), 8000/udp, 9000/tcp (any flags),
+    /// 9100/tcp stealthy.
     fn new() -> Self {
-        let mut knocker = XdpKnocker::load().expect("load XDP object");
+        Self::with_pins(None)
+    }
+
+    fn with_pins(pins: Option<&std::path::Path>) -> Self {
+        let mut knocker = XdpKnocker::load(pins).expect("load XDP object");
         let ports = BTreeMap::from([
-            (
-                PortKey::new(7000, TCP),
-                PortRule {
-                    must_set: SYN,
-                    must_clear: ACK,
-                    _pad: [0; 2],
-                },
-            ),
+            (PortKey::new(7000, TCP), PortRule { must_set: SYN, must_clear: ACK, flags: 0, _pad: 0 }),
             (PortKey::new(8000, UDP), PortRule::default()),
             (PortKey::new(9000, TCP), PortRule::default()),
+            (PortKey::new(9100, TCP), PortRule { flags: PORT_STEALTH, ..PortRule::default() }),
         ]);
         knocker.set_knock_ports(&ports).unwrap();
         let addrs = HashMap::from([
@@ -62,16 +61,8 @@ impl Rig {
 
     /// Runs one frame and returns the verdict and the events it produced.
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<KnockRecord>) {
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            ..Default::default()
-        };
-        let res = self
-            .knocker
-            .program()
-            .unwrap()
-            .test_run(opts)
-            .expect("BPF_PROG_TEST_RUN");
+        let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
+        let res = self.knocker.program().unwrap().test_run(opts).expect("BPF_PROG_TEST_RUN");
         let mut evs = Vec::new();
         while let Some(item) = self.ring.next() {
             evs.push(decode(&item).expect("decodable event"));
@@ -100,10 +91,7 @@ fn ipv4_tcp_syn_gives_one_event_with_the_right_fields() {
     let e = evs[0];
     assert_eq!(e.src, IpAddr::V4(REMOTE4));
     assert_eq!(e.dst, IpAddr::V4(LOCAL4));
-    assert_eq!(
-        (e.step.port, e.step.proto, e.src_port, e.tcp_flags),
-        (7000, Proto::Tcp, 40000, SYN)
-    );
+    assert_eq!((e.step.port, e.step.proto, e.src_port, e.tcp_flags), (7000, Proto::Tcp, 40000, SYN));
     assert!(e.at.as_nanos() > 0, "timestamp set");
     assert_eq!(rig.counters().knock_hits, 1);
 }
@@ -114,13 +102,7 @@ fn ipv6_tcp_syn_gives_one_event() {
         return;
     }
     let mut rig = Rig::new();
-    let (verdict, evs) = rig.run(&frames::ipv6(
-        REMOTE6,
-        LOCAL6,
-        &L4::tcp(7000, SYN),
-        &[],
-        &[],
-    ));
+    let (verdict, evs) = rig.run(&frames::ipv6(REMOTE6, LOCAL6, &L4::tcp(7000, SYN), &[], &[]));
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(evs.len(), 1);
     assert_eq!(evs[0].src, IpAddr::V6(REMOTE6));
@@ -134,12 +116,7 @@ fn non_knock_port_and_non_ip_give_nothing() {
         return;
     }
     let mut rig = Rig::new();
-    for frame in [
-        v4(&L4::tcp(22, SYN)),
-        v4(&L4::udp(7000)),
-        v4(&L4::tcp(8000, SYN)),
-        frames::arp(),
-    ] {
+    for frame in [v4(&L4::tcp(22, SYN)), v4(&L4::udp(7000)), v4(&L4::tcp(8000, SYN)), frames::arp()] {
         assert_eq!(rig.run(&frame), (XDP_PASS, vec![]));
     }
     let c = rig.counters();
@@ -183,32 +160,11 @@ fn ipv4_options_and_first_fragment_are_knocks_later_fragments_are_not() {
     }
     let mut rig = Rig::new();
     let l4 = L4::tcp(7000, SYN);
-    assert_eq!(
-        rig.run(&frames::ipv4(REMOTE4, LOCAL4, &l4, &[], 10, 0))
-            .1
-            .len(),
-        1,
-        "IHL 15"
-    );
+    assert_eq!(rig.run(&frames::ipv4(REMOTE4, LOCAL4, &l4, &[], 10, 0)).1.len(), 1, "IHL 15");
     // More-fragments set, offset 0: the first fragment carries the header.
-    assert_eq!(
-        rig.run(&frames::ipv4(REMOTE4, LOCAL4, &l4, &[], 0, 0x2000))
-            .1
-            .len(),
-        1
-    );
-    assert_eq!(
-        rig.run(&frames::ipv4(REMOTE4, LOCAL4, &l4, &[], 0, 0x2000 | 185))
-            .1
-            .len(),
-        0
-    );
-    assert_eq!(
-        rig.run(&frames::ipv4(REMOTE4, LOCAL4, &l4, &[], 0, 1))
-            .1
-            .len(),
-        0
-    );
+    assert_eq!(rig.run(&frames::ipv4(REMOTE4, LOCAL4, &l4, &[], 0, 0x2000)).1.len(), 1);
+    assert_eq!(rig.run(&frames::ipv4(REMOTE4, LOCAL4, &l4, &[], 0, 0x2000 | 185)).1.len(), 0);
+    assert_eq!(rig.run(&frames::ipv4(REMOTE4, LOCAL4, &l4, &[], 0, 1)).1.len(), 0);
 }
 
 #[test]
@@ -222,13 +178,7 @@ fn ipv6_extension_headers_are_walked() {
         &[Ext::HopByHop],
         &[Ext::HopByHop, Ext::Routing, Ext::DestOpts],
         &[Ext::Fragment(0)],
-        &[
-            Ext::HopByHop,
-            Ext::DestOpts,
-            Ext::Routing,
-            Ext::Fragment(0),
-            Ext::DestOpts,
-        ],
+        &[Ext::HopByHop, Ext::DestOpts, Ext::Routing, Ext::Fragment(0), Ext::DestOpts],
     ];
     for chain in chains {
         let f = frames::ipv6(REMOTE6, LOCAL6, &l4, &[], chain);
@@ -245,28 +195,11 @@ fn only_local_or_target_destinations_count() {
     }
     let mut rig = Rig::new();
     let l4 = L4::tcp(7000, SYN);
-    assert_eq!(
-        rig.run(&frames::ipv4(REMOTE4, TARGET4, &l4, &[], 0, 0))
-            .1
-            .len(),
-        1,
-        "target"
-    );
+    assert_eq!(rig.run(&frames::ipv4(REMOTE4, TARGET4, &l4, &[], 0, 0)).1.len(), 1, "target");
     let other = Ipv4Addr::new(10, 1, 0, 99);
-    assert_eq!(
-        rig.run(&frames::ipv4(REMOTE4, other, &l4, &[], 0, 0))
-            .1
-            .len(),
-        0,
-        "not local"
-    );
+    assert_eq!(rig.run(&frames::ipv4(REMOTE4, other, &l4, &[], 0, 0)).1.len(), 0, "not local");
     let other6 = Ipv6Addr::new(0xfd01, 0, 0, 0, 0, 0, 0, 0x99);
-    assert_eq!(
-        rig.run(&frames::ipv6(REMOTE6, other6, &l4, &[], &[]))
-            .1
-            .len(),
-        0
-    );
+    assert_eq!(rig.run(&frames::ipv6(REMOTE6, other6, &l4, &[], &[])).1.len(), 0);
     assert_eq!(rig.counters().not_local, 2);
 }
 
@@ -280,13 +213,7 @@ fn every_truncation_passes_without_an_event() {
         v4(&L4::tcp(7000, SYN)),
         v4(&L4::udp(8000)),
         frames::ipv4(REMOTE4, LOCAL4, &L4::tcp(7000, SYN), &[1, 2], 3, 0),
-        frames::ipv6(
-            REMOTE6,
-            LOCAL6,
-            &L4::tcp(7000, SYN),
-            &[5],
-            &[Ext::HopByHop, Ext::Fragment(0)],
-        ),
+        frames::ipv6(REMOTE6, LOCAL6, &L4::tcp(7000, SYN), &[5], &[Ext::HopByHop, Ext::Fragment(0)]),
     ];
     for frame in full {
         assert_eq!(rig.run(&frame).1.len(), 1, "the full frame is a knock");
@@ -305,14 +232,70 @@ fn every_truncation_passes_without_an_event() {
 }
 
 fn run_truncated(rig: &mut Rig, frame: &[u8]) -> Option<(u32, Vec<KnockRecord>)> {
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        ..Default::default()
-    };
+    let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
     let res = rig.knocker.program().unwrap().test_run(opts).ok()?;
     let mut evs = Vec::new();
     while let Some(item) = rig.ring.next() {
         evs.extend(decode(&item));
     }
     Some((res.return_value, evs))
+}
+
+const XDP_DROP: u32 = 1;
+
+#[test]
+fn stealthy_knock_is_recorded_and_dropped() {
+    if !privileged("stealth_testrun") {
+        return;
+    }
+    let mut rig = Rig::new();
+    let (verdict, evs) = rig.run(&v4(&L4::tcp(9100, SYN)));
+    assert_eq!((verdict, evs.len()), (XDP_DROP, 1));
+    assert_eq!(rig.counters().stealth_drop, 1);
+    // A visible knock port still passes.
+    assert_eq!(rig.run(&v4(&L4::tcp(9000, SYN))).0, XDP_PASS);
+}
+
+#[test]
+fn gate_drops_new_connections_unless_a_window_is_open() {
+    if !privileged("gate_testrun") {
+        return;
+    }
+    use xknock::{
+        config::model::Step,
+        gate::{Gate, Protected},
+    };
+    let bpffs = xknock_tests::netns::BpffsMount::new().unwrap();
+    let dir = bpffs.0.join("pins");
+    let mut rig = Rig::with_pins(Some(&dir));
+    let mut gate = rig.knocker.gate().unwrap();
+    let ssh = Step { port: 2222, proto: Proto::Tcp };
+    let dns = Step { port: 5353, proto: Proto::Udp };
+    let protected = [Protected { door: "d".into(), port: ssh }, Protected { door: "d".into(), port: dns }];
+    gate.install(&protected).unwrap();
+
+    let syn = v4(&L4::tcp(2222, SYN));
+    assert_eq!(rig.run(&syn).0, XDP_DROP, "closed before a knock");
+    assert_eq!(rig.run(&v4(&L4::tcp(2222, ACK))).0, XDP_PASS, "established traffic passes");
+    assert_eq!(rig.run(&v4(&L4::udp(5353))).0, XDP_DROP, "UDP outside a window");
+    assert_eq!(rig.run(&v4(&L4::tcp(2223, SYN))).0, XDP_PASS, "other ports untouched");
+
+    gate.open("d", IpAddr::V4(REMOTE4), &[ssh, dns], std::time::Duration::from_secs(60)).unwrap();
+    assert_eq!(rig.run(&syn).0, XDP_PASS, "open for the knocker");
+    assert_eq!(rig.run(&v4(&L4::udp(5353))).0, XDP_PASS);
+    let other = frames::ipv4(Ipv4Addr::new(10, 1, 0, 3), LOCAL4, &L4::tcp(2222, SYN), &[], 0, 0);
+    assert_eq!(rig.run(&other).0, XDP_DROP, "others stay refused");
+    let six = frames::ipv6(REMOTE6, LOCAL6, &L4::tcp(2222, SYN), &[], &[]);
+    assert_eq!(rig.run(&six).0, XDP_DROP, "the v4 window does not open v6");
+
+    // A re-knock replaces the window; an expired one no longer lets anyone in.
+    gate.open("d", IpAddr::V4(REMOTE4), &[ssh], std::time::Duration::from_nanos(1)).unwrap();
+    assert_eq!(gate.windows().unwrap().iter().filter(|w| w.port == ssh).count(), 0, "expired, not listed");
+    assert_eq!(rig.run(&syn).0, XDP_DROP, "expired window");
+    let c = rig.counters();
+    assert!(c.gate_drop >= 4 && c.gate_pass >= 2, "{c:?}");
+
+    gate.close_windows().unwrap();
+    assert!(gate.windows().unwrap().is_empty());
+    assert_eq!(rig.run(&v4(&L4::udp(5353))).0, XDP_DROP, "still closed after close_windows");
 }

@@ -5,9 +5,11 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc};
 use anyhow::{Context, Result};
 use clap::Parser;
 use xknock::{
+    admin,
     cli::{DaemonArgs, DEFAULT_PIDFILE},
     config::{self, model::Config},
     daemon::{Daemon, RunOptions},
+    gate::GateError,
     knocklog::{KnockLog, LogConfig},
     process::{daemonize, PidFile},
 };
@@ -31,6 +33,9 @@ fn main() -> ExitCode {
 
 fn real_main(args: DaemonArgs) -> Result<ExitCode> {
     let loaded = config::load(&args.config);
+    if args.flush {
+        return Ok(flush(loaded.ok()));
+    }
     if args.check {
         return Ok(match loaded {
             Ok(cfg) => {
@@ -48,30 +53,52 @@ fn real_main(args: DaemonArgs) -> Result<ExitCode> {
         print!("{}", config::to_yaml(&cfg));
         return Ok(ExitCode::SUCCESS);
     }
+    if args.status {
+        print!("{}", admin::status(&cfg)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let opts = run_options(&args, &cfg);
     let log_cfg = LogConfig {
-        log_file: args
-            .logfile
-            .clone()
-            .or_else(|| cfg.options.log_file.clone()),
+        log_file: args.logfile.clone().or_else(|| cfg.options.log_file.clone()),
         use_syslog: cfg.options.use_syslog,
     };
-    let pid_path: PathBuf = args
-        .pidfile
-        .clone()
-        .or_else(|| cfg.options.pid_file.clone())
-        .unwrap_or(DEFAULT_PIDFILE.into());
+    let pid_path: PathBuf =
+        args.pidfile.clone().or_else(|| cfg.options.pid_file.clone()).unwrap_or(DEFAULT_PIDFILE.into());
     if args.daemon {
         daemonize().context("detaching")?;
     }
-    let _pid = PidFile::create(&pid_path)
-        .with_context(|| format!("writing pid file {}", pid_path.display()))?;
+    let _pid =
+        PidFile::create(&pid_path).with_context(|| format!("writing pid file {}", pid_path.display()))?;
     let log = Arc::new(KnockLog::open(log_cfg).context("opening the log file")?);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async { Daemon::start(cfg, opts, log)?.run().await })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--flush` works without a readable config: it then uses the defaults.
+fn flush(cfg: Option<Config>) -> ExitCode {
+    let cfg = cfg.unwrap_or_else(|| {
+        let mut c = config::parse_str("doors:\n  none:\n    sequence: [1]\n", std::path::Path::new("-"))
+            .expect("built-in config parses");
+        c.options.bpffs_dir = admin::default_bpffs().to_path_buf();
+        c
+    });
+    let mut failed = false;
+    for (backend, res) in admin::flush(&cfg) {
+        match res {
+            Ok(()) => println!("{backend:?}: flushed"),
+            Err(GateError::Unavailable { why, .. }) => println!("{backend:?}: nothing to flush ({why})"),
+            Err(e) => {
+                eprintln!("{backend:?}: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn run_options(args: &DaemonArgs, cfg: &Config) -> RunOptions {
@@ -82,10 +109,5 @@ fn run_options(args: &DaemonArgs, cfg: &Config) -> RunOptions {
     } else {
         vec!["eth0".to_string()] // knockd's default
     };
-    RunOptions {
-        interfaces,
-        xdp_mode: args.xdp_mode,
-        only_ipv4: args.only_ipv4,
-        lookup: args.lookup,
-    }
+    RunOptions { interfaces, xdp_mode: args.xdp_mode, only_ipv4: args.only_ipv4, lookup: args.lookup }
 }

@@ -1,6 +1,7 @@
 //! The daemon: kernel events in, knockd's log lines and actions out.
 
 mod doors;
+pub mod gates;
 mod onetime;
 mod reload;
 
@@ -20,7 +21,7 @@ use crate::{
     addrs::{local_addrs, AddrWatcher},
     bpf::{AttachMode, XdpKnocker},
     commands::{pick, CommandRunner},
-    config::model::{Config, Door},
+    config::model::{Backend, Config, Door},
     events::{monotonic_now, EventStream, KnockRecord},
     knocklog::{self, KnockLog},
     tracker::{Knock, Outcome, Tracker},
@@ -35,6 +36,11 @@ pub struct RunOptions {
     pub lookup: bool,
 }
 
+/// Whether any door opens through `backend`.
+pub fn uses_backend(cfg: &Config, backend: Backend) -> bool {
+    cfg.doors.iter().any(|d| crate::gate::door_backend(cfg, d) == Some(backend))
+}
+
 pub struct Daemon {
     cfg: Config,
     opts: RunOptions,
@@ -45,41 +51,30 @@ pub struct Daemon {
     runner: CommandRunner,
     local: BTreeSet<IpAddr>,
     hostnames: HashMap<IpAddr, Option<String>>,
+    gates: gates::Gates,
 }
 
 impl Daemon {
     /// Loads the XDP program, fills its maps and attaches it. Nothing is
     /// attached if any step before attaching fails.
     pub fn start(cfg: Config, opts: RunOptions, log: Arc<KnockLog>) -> Result<Self> {
-        let mut knocker = XdpKnocker::load().context("loading the XDP program")?;
+        // The XDP gate must outlive us, so its maps and links are pinned.
+        let pins = uses_backend(&cfg, Backend::Xdp).then(|| cfg.options.bpffs_dir.clone());
+        let mut knocker = XdpKnocker::load(pins.as_deref()).context("loading the XDP program")?;
         let local = local_addrs().context("reading local addresses")?;
-        knocker.set_knock_ports(&kernel_ports(&cfg.doors))?;
+        knocker.set_knock_ports(&kernel_ports(&cfg))?;
+        // Gates close their ports before the program sees a packet.
+        let mut gates = gates::Gates::default();
+        gates.sync(&cfg, &mut knocker)?;
         knocker.set_addrs(&kernel_addrs(&local, &cfg.doors, opts.only_ipv4))?;
         for iface in &opts.interfaces {
             let mode = knocker.attach(iface, opts.xdp_mode)?;
             log::debug!("{iface}: XDP attached in {mode:?} mode");
         }
-        let tracker = Tracker::new(
-            cfg.doors.iter().map(door_spec).collect(),
-            cfg.options.max_sources,
-        );
+        let tracker = Tracker::new(cfg.doors.iter().map(door_spec).collect(), cfg.options.max_sources);
         let runner = CommandRunner::new(log.sink());
-        let doors = cfg
-            .doors
-            .iter()
-            .map(|d| (Arc::from(d.name.as_str()), d.clone()))
-            .collect();
-        Ok(Self {
-            cfg,
-            opts,
-            doors,
-            tracker,
-            knocker,
-            log,
-            runner,
-            local,
-            hostnames: HashMap::new(),
-        })
+        let doors = cfg.doors.iter().map(|d| (Arc::from(d.name.as_str()), d.clone())).collect();
+        Ok(Self { cfg, opts, doors, tracker, knocker, log, runner, local, hostnames: HashMap::new(), gates })
     }
 
     /// Runs until SIGINT or SIGTERM, then closes every door it opened.
@@ -114,10 +109,7 @@ impl Daemon {
 
     /// Sleeps until the tracker's next expiry, or forever if none.
     fn purge_sleep(&self) -> impl std::future::Future<Output = ()> {
-        let wait = self
-            .tracker
-            .next_deadline()
-            .map(|d| d.saturating_sub(monotonic_now()));
+        let wait = self.tracker.next_deadline().map(|d| d.saturating_sub(monotonic_now()));
         async move {
             match wait {
                 Some(w) => tokio::time::sleep(w).await,
@@ -139,13 +131,7 @@ impl Daemon {
             if self.opts.only_ipv4 && src.is_ipv6() {
                 continue;
             }
-            log::debug!(
-                "knock {} -> {} {} flags {:#04x}",
-                src,
-                rec.dst,
-                rec.step,
-                rec.tcp_flags
-            );
+            log::debug!("knock {} -> {} {} flags {:#04x}", src, rec.dst, rec.step, rec.tcp_flags);
             let dst = canonical(rec.dst);
             let knock = Knock {
                 src,
@@ -192,16 +178,11 @@ impl Daemon {
         if door.one_time_sequences.is_some() && !self.rotate_one_time(&door) {
             return;
         }
-        let start = pick(
-            door.start_command.as_deref(),
-            door.start_command_6.as_deref(),
-            src,
-        );
-        let stop = pick(
-            door.stop_command.as_deref(),
-            door.stop_command_6.as_deref(),
-            src,
-        );
+        let start = pick(door.start_command.as_deref(), door.start_command_6.as_deref(), src);
+        let stop = pick(door.stop_command.as_deref(), door.stop_command_6.as_deref(), src);
+        if let Err(e) = self.gates.open(&self.cfg, &door, src) {
+            self.log.line(&format!("{}: opening the gate for {src} failed: {e}", door.name));
+        }
         if start.is_some() || stop.is_some() {
             self.runner.open(
                 &door.name,
@@ -249,12 +230,14 @@ impl Daemon {
         }
     }
 
-    async fn shutdown(self) {
+    async fn shutdown(mut self) {
         self.log.line(&knocklog::shutting_down());
+        // Windows end; protected ports stay closed (fail closed).
+        self.gates.close_windows();
         if !self.runner.shutdown().await {
             log::warn!("some commands were still running at exit");
         }
-        // Dropping the knocker detaches XDP from every interface.
+        // Dropping the knocker detaches XDP, except links pinned for the gate.
         drop(self.knocker);
     }
 }

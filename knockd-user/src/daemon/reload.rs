@@ -17,39 +17,33 @@ impl Daemon {
         }
         match config::load(&self.cfg.path) {
             Ok(new) => self.apply(new),
-            Err(e) => self
-                .log
-                .line(&format!("config error, keeping the running config: {e}")),
+            Err(e) => self.log.line(&format!("config error, keeping the running config: {e}")),
         }
     }
 
     /// Switches to `new`: kernel maps first (new ports in before stale ones
     /// leave), then the tracker, which keeps knocks on unchanged doors.
     pub(super) fn apply(&mut self, new: Config) {
-        if let Err(e) = self.knocker.set_knock_ports(&kernel_ports(&new.doors)) {
-            self.log.line(&format!(
-                "updating the knock-port map failed, keeping the running config: {e}"
-            ));
+        if let Err(e) = self.gates.sync(&new, &mut self.knocker) {
+            self.log.line(&format!("updating the gates failed, keeping the running config: {e:#}"));
+            if let Err(e) = self.gates.sync(&self.cfg, &mut self.knocker) {
+                log::error!("restoring the gates: {e:#}");
+            }
+            return;
+        }
+        if let Err(e) = self.knocker.set_knock_ports(&kernel_ports(&new)) {
+            self.log.line(&format!("updating the knock-port map failed, keeping the running config: {e}"));
             // Put back what the old config needs; the map may be half-updated.
-            if let Err(e) = self.knocker.set_knock_ports(&kernel_ports(&self.cfg.doors)) {
+            if let Err(e) = self.knocker.set_knock_ports(&kernel_ports(&self.cfg)) {
                 log::error!("restoring the knock-port map: {e}");
             }
             return;
         }
-        if new.options.interfaces != self.cfg.options.interfaces
-            && !new.options.interfaces.is_empty()
-        {
+        if new.options.interfaces != self.cfg.options.interfaces && !new.options.interfaces.is_empty() {
             log::warn!("interface changes take effect on restart");
         }
-        self.tracker.reconfigure(
-            new.doors.iter().map(door_spec).collect(),
-            new.options.max_sources,
-        );
-        self.doors = new
-            .doors
-            .iter()
-            .map(|d| (Arc::from(d.name.as_str()), d.clone()))
-            .collect();
+        self.tracker.reconfigure(new.doors.iter().map(door_spec).collect(), new.options.max_sources);
+        self.doors = new.doors.iter().map(|d| (Arc::from(d.name.as_str()), d.clone())).collect();
         self.cfg = new;
         self.sync_addrs();
     }

@@ -1,15 +1,19 @@
 //! Loading the XDP program, attaching it, and keeping its maps in step with
 //! the configuration and the host's addresses.
 
+pub mod gate;
+mod pins;
+
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
     net::IpAddr,
+    path::{Path, PathBuf},
 };
 
 use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, Xdp, XdpMode},
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, EbpfLoader,
 };
 use knockd_common::{counter, AddrMark, PortKey, PortRule};
 use thiserror::Error;
@@ -25,14 +29,13 @@ pub enum BpfError {
     #[error("XDP program: {0}")]
     Program(#[from] ProgramError),
     #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: MapError,
-    },
+    Map { name: &'static str, source: MapError },
     #[error("map {0} missing from the XDP object")]
     MissingMap(&'static str),
     #[error("attaching to {iface}: {source}")]
     Attach { iface: String, source: ProgramError },
+    #[error("pinning in {path}: {why}")]
+    Pin { path: PathBuf, why: String },
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
@@ -56,44 +59,56 @@ pub struct Counters {
     pub flag_mismatch: u64,
     pub ringbuf_full: u64,
     pub not_local: u64,
+    pub gate_drop: u64,
+    pub gate_pass: u64,
+    pub stealth_drop: u64,
 }
 
 pub struct XdpKnocker {
     ebpf: Ebpf,
     attached: Vec<String>,
+    /// Set when the XDP gate is in use: the gate maps and the links are
+    /// pinned here so the gate outlives the daemon (fails closed).
+    pins: Option<PathBuf>,
 }
 
 impl XdpKnocker {
-    /// Loads and verifies the program without attaching it anywhere.
-    pub fn load() -> Result<Self, BpfError> {
+    /// Loads and verifies the program without attaching it anywhere. With
+    /// `pins`, the gate maps are taken over from (or pinned into) that bpffs
+    /// directory, so open windows survive a restart.
+    pub fn load(pins: Option<&Path>) -> Result<Self, BpfError> {
         raise_memlock();
-        let mut ebpf = Ebpf::load(XDP_OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        let map_paths: Vec<(&str, PathBuf)> = match pins {
+            Some(dir) => {
+                pins::ensure_bpffs(dir)
+                    .map_err(|e| BpfError::Pin { path: dir.into(), why: e.to_string() })?;
+                gate::PINNED_MAPS.iter().map(|&m| (m, dir.join(m))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(XDP_OBJECT)?;
         program_mut(&mut ebpf)?.load()?;
-        Ok(Self {
-            ebpf,
-            attached: Vec::new(),
-        })
+        Ok(Self { ebpf, attached: Vec::new(), pins: pins.map(Path::to_path_buf) })
     }
 
-    /// Attaches to `iface`; returns the mode that worked.
+    /// Attaches to `iface`; returns the mode that worked. With pins, a link
+    /// left by an earlier run is taken over in place (the kernel swaps the
+    /// program atomically), else the new link is pinned.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<XdpMode, BpfError> {
+        let pins = self.pins.clone();
         let prog = program_mut(&mut self.ebpf)?;
-        let wrap = |source| BpfError::Attach {
-            iface: iface.to_string(),
-            source,
+        let used = match pins {
+            Some(dir) => pins::attach_pinned(prog, &dir, iface, mode)?,
+            None => {
+                attach_mode(prog, iface, mode)
+                    .map_err(|source| BpfError::Attach { iface: iface.to_string(), source })?
+                    .1
+            }
         };
-        let used = match mode {
-            AttachMode::Native => prog.attach(iface, XdpMode::Driver).map(|_| XdpMode::Driver),
-            AttachMode::Skb => prog.attach(iface, XdpMode::Skb).map(|_| XdpMode::Skb),
-            AttachMode::Auto => match prog.attach(iface, XdpMode::Driver) {
-                Ok(_) => Ok(XdpMode::Driver),
-                Err(err) => {
-                    log::info!("{iface}: native XDP unavailable ({err}), falling back to skb mode");
-                    prog.attach(iface, XdpMode::Skb).map(|_| XdpMode::Skb)
-                }
-            },
-        }
-        .map_err(wrap)?;
         self.attached.push(iface.to_string());
         Ok(used)
     }
@@ -104,19 +119,13 @@ impl XdpKnocker {
 
     /// The loaded program, for BPF_PROG_TEST_RUN.
     pub fn program(&self) -> Result<&Xdp, BpfError> {
-        let prog = self
-            .ebpf
-            .program(PROGRAM)
-            .ok_or(BpfError::MissingMap(PROGRAM))?;
+        let prog = self.ebpf.program(PROGRAM).ok_or(BpfError::MissingMap(PROGRAM))?;
         Ok(prog.try_into()?)
     }
 
     /// Makes the knock-port map equal `wanted`. New entries go in before stale
     /// ones leave, so a port present in both configs is never unmatched.
-    pub fn set_knock_ports(
-        &mut self,
-        wanted: &BTreeMap<PortKey, PortRule>,
-    ) -> Result<(), BpfError> {
+    pub fn set_knock_ports(&mut self, wanted: &BTreeMap<PortKey, PortRule>) -> Result<(), BpfError> {
         let map = self.map_mut("KNOCK_PORTS")?;
         let mut ports: HashMap<_, PortKey, PortRule> =
             HashMap::try_from(map).map_err(map_err("KNOCK_PORTS"))?;
@@ -143,10 +152,7 @@ impl XdpKnocker {
     }
 
     pub fn counters(&self) -> Result<Counters, BpfError> {
-        let map = self
-            .ebpf
-            .map("COUNTERS")
-            .ok_or(BpfError::MissingMap("COUNTERS"))?;
+        let map = self.ebpf.map("COUNTERS").ok_or(BpfError::MissingMap("COUNTERS"))?;
         let arr: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_err("COUNTERS"))?;
         let sum = |i: u32| -> Result<u64, BpfError> {
             Ok(arr.get(&i, 0).map_err(map_err("COUNTERS"))?.iter().sum())
@@ -157,15 +163,26 @@ impl XdpKnocker {
             flag_mismatch: sum(counter::FLAG_MISMATCH)?,
             ringbuf_full: sum(counter::RINGBUF_FULL)?,
             not_local: sum(counter::NOT_LOCAL)?,
+            gate_drop: sum(counter::GATE_DROP)?,
+            gate_pass: sum(counter::GATE_PASS)?,
+            stealth_drop: sum(counter::STEALTH_DROP)?,
         })
+    }
+
+    /// Hands the gate maps to an `XdpGate`. Callable once, and only when
+    /// loaded with pins (the gate must outlive the daemon).
+    pub fn gate(&mut self) -> Result<gate::XdpGate, crate::gate::GateError> {
+        let Some(dir) = self.pins.clone() else {
+            return Err(crate::gate::GateError::Other(
+                "the xdp backend was enabled by a reload; restart xknockd to use it".into(),
+            ));
+        };
+        gate::XdpGate::from_ebpf(&mut self.ebpf, &dir)
     }
 
     /// Hands the ring buffer to the event reader. Callable once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, BpfError> {
-        let map = self
-            .ebpf
-            .take_map("EVENTS")
-            .ok_or(BpfError::MissingMap("EVENTS"))?;
+        let map = self.ebpf.take_map("EVENTS").ok_or(BpfError::MissingMap("EVENTS"))?;
         RingBuf::try_from(map).map_err(map_err("EVENTS"))
     }
 
@@ -174,10 +191,25 @@ impl XdpKnocker {
     }
 }
 
+/// `auto`: native first, then skb with a log line.
+fn attach_mode(
+    prog: &mut Xdp,
+    iface: &str,
+    mode: AttachMode,
+) -> Result<(aya::programs::xdp::XdpLinkId, XdpMode), ProgramError> {
+    let try_mode = |prog: &mut Xdp, m: XdpMode| prog.attach(iface, m).map(|id| (id, m));
+    match mode {
+        AttachMode::Native => try_mode(prog, XdpMode::Driver),
+        AttachMode::Skb => try_mode(prog, XdpMode::Skb),
+        AttachMode::Auto => try_mode(prog, XdpMode::Driver).or_else(|err| {
+            log::info!("{iface}: native XDP unavailable ({err}), falling back to skb mode");
+            try_mode(prog, XdpMode::Skb)
+        }),
+    }
+}
+
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, BpfError> {
-    let prog = ebpf
-        .program_mut(PROGRAM)
-        .ok_or(BpfError::MissingMap(PROGRAM))?;
+    let prog = ebpf.program_mut(PROGRAM).ok_or(BpfError::MissingMap(PROGRAM))?;
     Ok(prog.try_into()?)
 }
 
@@ -195,11 +227,7 @@ where
             map.insert(k, v, 0).map_err(map_err(name))?;
         }
     }
-    let stale: Vec<K> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !wanted.contains_key(k))
-        .collect();
+    let stale: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| !wanted.contains_key(k)).collect();
     for k in stale {
         map.remove(&k).map_err(map_err(name))?;
     }
@@ -209,10 +237,7 @@ where
 /// Kernels since 5.11 charge BPF memory to the cgroup, so failure here is
 /// harmless; older ones need the raised limit.
 fn raise_memlock() {
-    let rlim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: plain syscall on a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         log::debug!("could not raise RLIMIT_MEMLOCK; relying on memcg accounting");

@@ -1,0 +1,70 @@
+//! The XDP gate: new connections to a gated port are dropped unless the
+//! source holds an unexpired window. The expiry is checked here against the
+//! packet time, so windows end on time with no daemon running.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, HashMap},
+    programs::XdpContext,
+};
+use knockd_common::{
+    counter, AllowKey, AllowValue, PortKey, CONFIG_GATE_ON, FAMILY_V4, MAX_GATE_PORTS, MAX_WINDOWS, PROTO_TCP,
+};
+
+use crate::{
+    bump,
+    parse::{ptr_at, L4},
+};
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// Index 0: `CONFIG_GATE_ON` and friends.
+#[map]
+static CONFIG: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Gated (port, proto); the value is unused.
+#[map]
+static GATE_PORTS: HashMap<PortKey, u32> = HashMap::with_max_entries(MAX_GATE_PORTS, 0);
+
+#[map]
+static GATE_ALLOW: HashMap<AllowKey, AllowValue> = HashMap::with_max_entries(MAX_WINDOWS, 0);
+
+#[inline(always)]
+pub fn check(ctx: &XdpContext, l4: &L4, key: PortKey, flags: u8) -> Option<u32> {
+    if CONFIG.get(0).copied().unwrap_or(0) & CONFIG_GATE_ON == 0 {
+        return None;
+    }
+    GATE_PORTS.get_ptr(key)?;
+    // Packets of established TCP connections pass: a connection opened
+    // inside a window outlives it. UDP has no such state here.
+    let new_conn = l4.proto != PROTO_TCP || (flags & TCP_SYN != 0 && flags & TCP_ACK == 0);
+    if !new_conn {
+        return None;
+    }
+    let allow = AllowKey { addr: src_addr(ctx, l4)?, port: key.port, proto: key.proto, family: l4.family };
+    // SAFETY: the value is plain data; a racing update yields old or new expiry.
+    if let Some(v) = unsafe { GATE_ALLOW.get(allow) } {
+        // SAFETY: a helper call with no arguments and no side effects.
+        if v.expires_ns > unsafe { bpf_ktime_get_ns() } {
+            bump(counter::GATE_PASS);
+            return None;
+        }
+    }
+    bump(counter::GATE_DROP);
+    Some(xdp_action::XDP_DROP)
+}
+
+#[inline(always)]
+fn src_addr(ctx: &XdpContext, l4: &L4) -> Option<[u8; 16]> {
+    let mut out = [0u8; 16];
+    // SAFETY (both arms): ptr_at bounds-checked the whole array.
+    if l4.family == FAMILY_V4 {
+        out[..4].copy_from_slice(unsafe { &*ptr_at::<[u8; 4]>(ctx, l4.l3 + 12)? });
+    } else {
+        out = unsafe { *ptr_at::<[u8; 16]>(ctx, l4.l3 + 8)? };
+    }
+    Some(out)
+}

@@ -1,0 +1,73 @@
+//! `xknockd --status` and `--flush`: read or remove the kernel state the
+//! gates own, with no daemon needed (it may have crashed or been stopped).
+
+use std::{fmt::Write as _, path::Path};
+
+use crate::{
+    config::model::{Backend, Config},
+    daemon::gates,
+    gate::{protected_by_backend, GateError, Window},
+};
+
+const ALL: [Backend; 3] = [Backend::Nftables, Backend::Iptables, Backend::Xdp];
+
+/// Open windows of every backend `cfg` uses, as a table.
+pub fn status(cfg: &Config) -> Result<String, GateError> {
+    let mut rows: Vec<Window> = Vec::new();
+    for (backend, _) in protected_by_backend(cfg) {
+        let gate = gates::build(backend, cfg, None)?;
+        rows.extend(gate.windows()?);
+    }
+    Ok(render(&rows))
+}
+
+pub fn render(rows: &[Window]) -> String {
+    let mut out = String::from("DOOR\tADDRESS\tPORT\tLEFT\n");
+    for w in rows {
+        let _ = writeln!(
+            out,
+            "{}\t{}\t{}/{}\t{}s",
+            w.door,
+            w.src,
+            w.port.port,
+            w.port.proto.as_str(),
+            w.remaining.as_secs()
+        );
+    }
+    out
+}
+
+/// Removes what every backend owns. A backend that is not present (no nft,
+/// nothing pinned) has nothing to remove and is reported, not failed.
+pub fn flush(cfg: &Config) -> Vec<(Backend, Result<(), GateError>)> {
+    ALL.iter()
+        .map(|&b| {
+            let res = gates::build(b, cfg, None).and_then(|mut g| g.flush());
+            (b, res)
+        })
+        .collect()
+}
+
+/// `bpffs_dir` for `--flush` when no config is readable.
+pub fn default_bpffs() -> &'static Path {
+    Path::new(crate::config::model::DEFAULT_BPFFS_DIR)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::model::{Proto, Step};
+
+    #[test]
+    fn status_table_lists_door_address_port_and_time_left() {
+        let rows = [Window {
+            door: "ssh".into(),
+            src: "10.0.0.2".parse().unwrap(),
+            port: Step { port: 22, proto: Proto::Tcp },
+            remaining: Duration::from_millis(29_500),
+        }];
+        assert_eq!(render(&rows), "DOOR\tADDRESS\tPORT\tLEFT\nssh\t10.0.0.2\t22/tcp\t29s\n");
+    }
+}

@@ -1,0 +1,209 @@
+//! The XDP gate backend: protected ports and open windows are maps the XDP
+//! program reads, with expiries checked in the kernel against packet time.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    maps::{Array, HashMap, Map, MapData},
+    Ebpf,
+};
+use knockd_common::{AllowKey, AllowValue, PortKey, CONFIG_GATE_ON, DOOR_NAME_LEN, FAMILY_V4, FAMILY_V6};
+
+use super::pins::link_path;
+use crate::{
+    config::model::{Backend, Proto, Step},
+    events::monotonic_now,
+    gate::{Gate, GateError, Protected, Window},
+};
+
+/// Maps pinned so that windows and the closed set survive the daemon.
+pub const PINNED_MAPS: &[&str] = &["GATE_PORTS", "GATE_ALLOW"];
+
+pub struct XdpGate {
+    ports: HashMap<MapData, PortKey, u32>,
+    allow: HashMap<MapData, AllowKey, AllowValue>,
+    /// The running program's switch; absent when only reading pins (--status).
+    config: Option<Array<MapData, u32>>,
+    dir: PathBuf,
+}
+
+fn err(e: impl std::fmt::Display) -> GateError {
+    GateError::Other(format!("xdp gate: {e}"))
+}
+
+impl XdpGate {
+    pub(super) fn from_ebpf(ebpf: &mut Ebpf, dir: &Path) -> Result<Self, GateError> {
+        let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| err(format!("map {name} missing")));
+        let ports = HashMap::try_from(take("GATE_PORTS")?).map_err(err)?;
+        let allow = HashMap::try_from(take("GATE_ALLOW")?).map_err(err)?;
+        let config = Some(Array::try_from(take("CONFIG")?).map_err(err)?);
+        Ok(Self { ports, allow, config, dir: dir.to_path_buf() })
+    }
+
+    /// Opens the pinned maps of a gate some (possibly dead) daemon left, for
+    /// `--status` and `--flush`.
+    pub fn from_pins(dir: &Path) -> Result<Self, GateError> {
+        let open = |name: &str| {
+            let path = dir.join(name);
+            MapData::from_pin(&path).map_err(|e| GateError::Unavailable {
+                backend: Backend::Xdp,
+                why: format!("no pinned map at {} ({e})", path.display()),
+            })
+        };
+        let ports = HashMap::try_from(Map::HashMap(open("GATE_PORTS")?)).map_err(err)?;
+        let allow = HashMap::try_from(Map::HashMap(open("GATE_ALLOW")?)).map_err(err)?;
+        Ok(Self { ports, allow, config: None, dir: dir.to_path_buf() })
+    }
+
+    fn set_enabled(&mut self, on: bool) -> Result<(), GateError> {
+        match &mut self.config {
+            Some(c) => c.set(0, if on { CONFIG_GATE_ON } else { 0 }, 0).map_err(err),
+            None => Err(err("not attached to a running program")),
+        }
+    }
+}
+
+fn allow_key(src: IpAddr, port: Step) -> AllowKey {
+    let (addr, family) = match src {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (b, FAMILY_V4)
+        }
+        IpAddr::V6(a) => (a.octets(), FAMILY_V6),
+    };
+    AllowKey { addr, port: port.port, proto: port.proto.number(), family }
+}
+
+fn key_src(k: &AllowKey) -> IpAddr {
+    if k.family == FAMILY_V4 {
+        IpAddr::V4(Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(k.addr))
+    }
+}
+
+fn proto_of(n: u8) -> Proto {
+    if n == Proto::Udp.number() {
+        Proto::Udp
+    } else {
+        Proto::Tcp
+    }
+}
+
+fn door_bytes(door: &str) -> [u8; DOOR_NAME_LEN] {
+    let mut b = [0u8; DOOR_NAME_LEN];
+    let n = door.len().min(DOOR_NAME_LEN);
+    b[..n].copy_from_slice(&door.as_bytes()[..n]);
+    b
+}
+
+fn door_name(b: &[u8; DOOR_NAME_LEN]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(DOOR_NAME_LEN);
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+impl Gate for XdpGate {
+    fn backend(&self) -> Backend {
+        Backend::Xdp
+    }
+
+    fn install(&mut self, protected: &[Protected]) -> Result<(), GateError> {
+        let wanted: Vec<PortKey> =
+            protected.iter().map(|p| PortKey::new(p.port.port, p.port.proto.number())).collect();
+        for k in &wanted {
+            self.ports.insert(k, 1, 0).map_err(err)?;
+        }
+        let stale: Vec<PortKey> =
+            self.ports.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
+        for k in stale {
+            self.ports.remove(&k).map_err(err)?;
+        }
+        self.set_enabled(!wanted.is_empty())
+    }
+
+    fn open(&mut self, door: &str, src: IpAddr, ports: &[Step], duration: Duration) -> Result<(), GateError> {
+        let expires = monotonic_now() + duration;
+        let value = AllowValue { expires_ns: expires.as_nanos() as u64, door: door_bytes(door) };
+        for &port in ports {
+            self.allow.insert(allow_key(src, port), value, 0).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn windows(&self) -> Result<Vec<Window>, GateError> {
+        let now = monotonic_now().as_nanos() as u64;
+        let mut out: Vec<Window> = self
+            .allow
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.expires_ns > now)
+            .map(|(k, v)| Window {
+                door: door_name(&v.door),
+                src: key_src(&k),
+                port: Step { port: k.port, proto: proto_of(k.proto) },
+                remaining: Duration::from_nanos(v.expires_ns - now),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.door, a.src, a.port).cmp(&(&b.door, b.src, b.port)));
+        Ok(out)
+    }
+
+    fn close_windows(&mut self) -> Result<(), GateError> {
+        let keys: Vec<AllowKey> = self.allow.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            self.allow.remove(&k).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), GateError> {
+        self.close_windows()?;
+        let keys: Vec<PortKey> = self.ports.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            self.ports.remove(&k).map_err(err)?;
+        }
+        if self.config.is_some() {
+            self.set_enabled(false)?;
+        }
+        remove_pins(&self.dir)
+    }
+}
+
+/// Removes our pins; a link with no pin and no open fd detaches by itself.
+fn remove_pins(dir: &Path) -> Result<(), GateError> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("link_") || PINNED_MAPS.contains(&name.as_ref()) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_names_round_trip() {
+        let step = Step { port: 22, proto: Proto::Tcp };
+        for ip in ["10.0.0.2", "fd00::2"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let k = allow_key(ip, step);
+            assert_eq!(key_src(&k), ip);
+            assert_eq!((k.port, proto_of(k.proto)), (22, Proto::Tcp));
+        }
+        assert_eq!(door_name(&door_bytes("ssh")), "ssh");
+        let long = "a-door-name-longer-than-24-bytes";
+        assert_eq!(door_name(&door_bytes(long)), &long[..DOOR_NAME_LEN]);
+        assert_eq!(link_path(Path::new("/x"), "eth1"), PathBuf::from("/x/link_eth1"));
+    }
+}

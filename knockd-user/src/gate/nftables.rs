@@ -1,0 +1,638 @@
+//! nftables backend. We own one table, `inet xknockd`, and talk to it only
+//! through nft's JSON API (`nft -j -f -`), so no value we got from a config or
+//! a packet is ever parsed as nft syntax.
+//!
+//! ```text
+//! table inet xknockd {
+//!     set allow4 { type ipv4_addr . inet_proto . inet_service; flags timeout; }
+//!     set allow6 { type ipv6_addr . inet_proto . inet_service; flags timeout; }
+//!     set protected { type inet_proto . inet_service; }
+//!     chain input {
+//!         type filter hook input priority filter - 10; policy accept;
+//!         ip saddr . meta l4proto . th dport @allow4 accept
+//!         ip6 saddr . meta l4proto . th dport @allow6 accept
+//!         meta l4proto . th dport @protected ct state new drop
+//!     }
+//! }
+//! ```
+//!
+//! Beside an existing firewall: every table's base chains on the input hook
+//! see the packet in priority order. Our `drop` is final, so a protected port
+//! stays closed whatever other tables say. Our `accept` only ends *our* chain:
+//! a later table (a usual `filter` at priority 0) can still drop the knocker,
+//! so a host with a default-drop policy must let the protected ports through
+//! itself. Only `ct state new` is dropped, so connections opened inside a
+//! window keep working after it, through conntrack.
+//!
+//! Windows are set elements with a timeout: the kernel expires them, so they
+//! end on time even when the daemon is SIGKILLed, and the ports stay closed.
+
+use std::{
+    collections::BTreeSet,
+    io::Write,
+    net::IpAddr,
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+
+use super::{Gate, GateError, Protected, Window};
+use crate::config::model::{Backend, Proto, Step};
+
+const FAMILY: &str = "inet";
+const TABLE: &str = "xknockd";
+const CHAIN: &str = "input";
+const ALLOW4: &str = "allow4";
+const ALLOW6: &str = "allow6";
+const PROTECTED: &str = "protected";
+/// Ahead of a filter table at the usual priority 0, so our drop comes first.
+const PRIORITY: i64 = -10;
+/// nft (libnftnl) rejects element comments longer than this.
+const COMMENT_MAX: usize = 128;
+
+/// The nftables gate. It holds no state: the kernel's table is the truth.
+#[derive(Debug)]
+pub struct NftGate {
+    _private: (),
+}
+
+impl NftGate {
+    /// Checks that `nft` runs and that the kernel accepts our whole ruleset.
+    pub fn new() -> Result<NftGate, GateError> {
+        let unavailable = |why: String| GateError::Unavailable { backend: Backend::Nftables, why };
+        match Command::new("nft").arg("--version").output() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(unavailable("nft not found in PATH (apt install nftables)".into()))
+            }
+            Err(e) => return Err(unavailable(format!("cannot run nft: {e}"))),
+            Ok(out) if !out.status.success() => {
+                return Err(unavailable(format!("`nft --version` failed: {}", stderr(&out))))
+            }
+            Ok(_) => {}
+        }
+        // `nft -c` sends the batch to the kernel, which validates it and then
+        // aborts it: this proves nf_tables, concatenated timeout sets and
+        // conntrack matching are all there, and changes nothing.
+        apply_with(&["-c"], &install_doc(&[], true, &[]))
+            .map_err(|e| unavailable(format!("the kernel refused a dry run of our ruleset: {e}")))?;
+        Ok(NftGate { _private: () })
+    }
+}
+
+impl Gate for NftGate {
+    fn backend(&self) -> Backend {
+        Backend::Nftables
+    }
+
+    fn install(&mut self, protected: &[Protected]) -> Result<(), GateError> {
+        let ports: Vec<Step> = protected.iter().map(|p| p.port).collect();
+        let doc = match list_table()? {
+            Some(listing) if !shape_matches(&listing) => {
+                // An earlier layout (another version, or a hand edit): replace
+                // the table in the same transaction, carrying its windows over.
+                log::warn!("nftables: replacing table {FAMILY} {TABLE} left in another layout");
+                install_doc(&ports, true, &parse_windows(&listing))
+            }
+            _ => install_doc(&ports, false, &[]),
+        };
+        apply(&doc)
+    }
+
+    fn open(&mut self, door: &str, src: IpAddr, ports: &[Step], duration: Duration) -> Result<(), GateError> {
+        match open_doc(door, src, ports, duration) {
+            Some(doc) => apply(&doc),
+            None => Ok(()),
+        }
+    }
+
+    fn windows(&self) -> Result<Vec<Window>, GateError> {
+        Ok(list_table()?.map(|listing| parse_windows(&listing)).unwrap_or_default())
+    }
+
+    fn close_windows(&mut self) -> Result<(), GateError> {
+        if list_table()?.is_none() {
+            return Ok(());
+        }
+        apply(&close_doc())
+    }
+
+    fn flush(&mut self) -> Result<(), GateError> {
+        apply(&flush_doc())
+    }
+}
+
+// ---- JSON documents -------------------------------------------------------
+
+fn doc(cmds: Vec<Value>) -> Value {
+    json!({ "nftables": cmds })
+}
+
+fn cmd(verb: &str, kind: &str, body: Value) -> Value {
+    json!({ verb: { kind: body } })
+}
+
+fn table() -> Value {
+    json!({ "family": FAMILY, "name": TABLE })
+}
+
+fn set(name: &str, types: &[&str], timeout: bool) -> Value {
+    let mut s = json!({ "family": FAMILY, "table": TABLE, "name": name, "type": types });
+    if timeout {
+        s["flags"] = json!(["timeout"]);
+    }
+    s
+}
+
+fn sets() -> [Value; 3] {
+    [
+        set(ALLOW4, &["ipv4_addr", "inet_proto", "inet_service"], true),
+        set(ALLOW6, &["ipv6_addr", "inet_proto", "inet_service"], true),
+        set(PROTECTED, &["inet_proto", "inet_service"], false),
+    ]
+}
+
+fn chain() -> Value {
+    json!({
+        "family": FAMILY, "table": TABLE, "name": CHAIN,
+        "type": "filter", "hook": "input", "prio": PRIORITY, "policy": "accept",
+    })
+}
+
+fn payload(protocol: &str, field: &str) -> Value {
+    json!({ "payload": { "protocol": protocol, "field": field } })
+}
+
+fn l4proto() -> Value {
+    json!({ "meta": { "key": "l4proto" } })
+}
+
+fn rule(expr: Value) -> Value {
+    json!({ "family": FAMILY, "table": TABLE, "chain": CHAIN, "expr": expr })
+}
+
+fn in_set(left: Vec<Value>, set: &str) -> Value {
+    json!({ "match": { "op": "==", "left": { "concat": left }, "right": format!("@{set}") } })
+}
+
+/// The chain's rules, in order (see the module doc for the nft syntax).
+fn rules() -> [Value; 3] {
+    let allow = |ip: &str, set: &str| {
+        let key = vec![payload(ip, "saddr"), l4proto(), payload("th", "dport")];
+        rule(json!([in_set(key, set), { "accept": null }]))
+    };
+    let new = json!({ "match": { "op": "in", "left": { "ct": { "key": "state" } }, "right": "new" } });
+    let protected = in_set(vec![l4proto(), payload("th", "dport")], PROTECTED);
+    [allow("ip", ALLOW4), allow("ip6", ALLOW6), rule(json!([protected, new, { "drop": null }]))]
+}
+
+fn elements(set: &str, elem: Vec<Value>) -> Value {
+    json!({ "family": FAMILY, "table": TABLE, "name": set, "elem": elem })
+}
+
+/// One transaction that leaves exactly our table, chain, rules and protected
+/// set. `add` is a no-op for what exists, and the chain and the protected
+/// set are flushed and refilled, so a second run changes nothing; the allow
+/// sets are not flushed, so windows of an earlier run stay open. `replace`
+/// deletes the table first (`add` before `delete` makes that valid when
+/// there is none) and re-adds `carried` windows with their time left.
+fn install_doc(ports: &[Step], replace: bool, carried: &[Window]) -> Value {
+    let mut cmds = vec![cmd("add", "table", table())];
+    if replace {
+        cmds.push(cmd("delete", "table", table()));
+        cmds.push(cmd("add", "table", table()));
+    }
+    cmds.extend(sets().into_iter().map(|s| cmd("add", "set", s)));
+    cmds.push(cmd("add", "chain", chain()));
+    cmds.push(cmd("flush", "chain", chain_ref()));
+    cmds.extend(rules().into_iter().map(|r| cmd("add", "rule", r)));
+    cmds.push(cmd("flush", "set", set_ref(PROTECTED)));
+    let unique: BTreeSet<Step> = ports.iter().copied().collect();
+    if !unique.is_empty() {
+        let elem = unique.iter().map(|p| json!({ "concat": [p.proto.as_str(), p.port] }));
+        cmds.push(cmd("add", "element", elements(PROTECTED, elem.collect())));
+    }
+    for w in carried {
+        let set = allow_set(w.src);
+        let elem = window_elem(&w.door, w.src, w.port, w.remaining);
+        cmds.push(cmd("add", "element", elements(set, vec![elem])));
+    }
+    doc(cmds)
+}
+
+fn chain_ref() -> Value {
+    json!({ "family": FAMILY, "table": TABLE, "name": CHAIN })
+}
+
+fn set_ref(name: &str) -> Value {
+    json!({ "family": FAMILY, "table": TABLE, "name": name })
+}
+
+/// A v4-mapped v6 source is the v4 host; the v4 set is where it belongs.
+fn canonical(src: IpAddr) -> IpAddr {
+    src.to_canonical()
+}
+
+fn allow_set(src: IpAddr) -> &'static str {
+    match canonical(src) {
+        IpAddr::V4(_) => ALLOW4,
+        IpAddr::V6(_) => ALLOW6,
+    }
+}
+
+fn key(src: IpAddr, port: Step) -> Value {
+    json!({ "concat": [canonical(src).to_string(), port.proto.as_str(), port.port] })
+}
+
+/// nft's JSON takes whole seconds, and a timeout of 0 would mean "never
+/// expires": round up, never below one second.
+fn timeout_secs(d: Duration) -> u64 {
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
+/// The door's name rides in the comment so `windows()` can report it.
+fn comment(door: &str) -> &str {
+    let mut end = door.len().min(COMMENT_MAX);
+    while !door.is_char_boundary(end) {
+        end -= 1;
+    }
+    &door[..end]
+}
+
+fn window_elem(door: &str, src: IpAddr, port: Step, d: Duration) -> Value {
+    json!({ "elem": {
+        "val": key(src, port), "timeout": timeout_secs(d), "comment": comment(door),
+    } })
+}
+
+/// Opens (or re-opens) `ports` for `src`. A plain `add` would keep an
+/// existing element's old expiry, so: add (a no-op when present, and it makes
+/// the delete valid when absent), delete, add with the new timeout. One
+/// transaction, so no packet ever sees the key missing, and the set ends
+/// with exactly one element per port.
+fn open_doc(door: &str, src: IpAddr, ports: &[Step], duration: Duration) -> Option<Value> {
+    let unique: BTreeSet<Step> = ports.iter().copied().collect();
+    if unique.is_empty() {
+        return None;
+    }
+    let set = allow_set(src);
+    let full: Vec<Value> = unique.iter().map(|&p| window_elem(door, src, p, duration)).collect();
+    let keys = unique.iter().map(|&p| key(src, p)).collect();
+    Some(doc(vec![
+        cmd("add", "element", elements(set, full.clone())),
+        cmd("delete", "element", elements(set, keys)),
+        cmd("add", "element", elements(set, full)),
+    ]))
+}
+
+/// Ends every window; the protected set and the drop rule stay.
+fn close_doc() -> Value {
+    doc(vec![cmd("flush", "set", set_ref(ALLOW4)), cmd("flush", "set", set_ref(ALLOW6))])
+}
+
+/// Removes the table; adding it first makes this valid when it is gone.
+fn flush_doc() -> Value {
+    doc(vec![cmd("add", "table", table()), cmd("delete", "table", table())])
+}
+
+// ---- reading the kernel's table -------------------------------------------
+
+fn entries(listing: &Value) -> impl Iterator<Item = (&String, &Value)> {
+    listing["nftables"].as_array().into_iter().flatten().filter_map(|e| e.as_object()).flat_map(|o| o.iter())
+}
+
+/// Whether the listed table holds exactly our sets and chain (rules and
+/// elements aside, which install rewrites anyway). Anything else there is
+/// not ours to merge into, so install replaces the table.
+fn shape_matches(listing: &Value) -> bool {
+    let strip = |kind: &str, v: &Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("handle");
+            o.remove("elem");
+        }
+        json!({ kind: v }).to_string()
+    };
+    let mut found: Vec<String> = entries(listing)
+        .filter(|(k, _)| !matches!(k.as_str(), "metainfo" | "table" | "rule"))
+        .map(|(k, v)| strip(k, v))
+        .collect();
+    let mut want: Vec<String> = sets().iter().map(|s| strip("set", s)).collect();
+    want.push(strip("chain", &chain()));
+    found.sort();
+    want.sort();
+    found == want
+}
+
+/// The windows in a `nft -j list table` (or `list set`) document.
+fn parse_windows(listing: &Value) -> Vec<Window> {
+    entries(listing)
+        .filter(|(k, _)| k.as_str() == "set")
+        .map(|(_, s)| s)
+        .filter(|s| s["family"] == FAMILY && s["table"] == TABLE)
+        .filter(|s| s["name"] == ALLOW4 || s["name"] == ALLOW6)
+        .flat_map(|s| s["elem"].as_array().into_iter().flatten())
+        .filter_map(|e| {
+            let w = parse_elem(e);
+            if w.is_none() {
+                log::warn!("nftables: ignoring an element we did not write: {e}");
+            }
+            w
+        })
+        .collect()
+}
+
+/// `{"elem": {"val": {"concat": [addr, proto, port]}, "expires": s,
+/// "comment": door}}`, or a bare `{"concat": ...}` without timeout or
+/// comment. An element without `expires` never ends: its time left is
+/// `Duration::MAX`.
+fn parse_elem(e: &Value) -> Option<Window> {
+    let (val, meta) = match e.get("elem") {
+        Some(inner) => (&inner["val"], inner),
+        None => (e, &Value::Null),
+    };
+    let [addr, proto, port] = val["concat"].as_array()?.as_slice() else {
+        return None;
+    };
+    let proto = match proto {
+        Value::String(s) if s == "tcp" => Proto::Tcp,
+        Value::String(s) if s == "udp" => Proto::Udp,
+        Value::Number(n) if n.as_u64() == Some(6) => Proto::Tcp,
+        Value::Number(n) if n.as_u64() == Some(17) => Proto::Udp,
+        _ => return None,
+    };
+    let port = match port {
+        Value::Number(n) => u16::try_from(n.as_u64()?).ok()?,
+        Value::String(s) => s.parse().ok()?,
+        _ => return None,
+    };
+    Some(Window {
+        door: meta["comment"].as_str().unwrap_or_default().to_string(),
+        src: addr.as_str()?.parse().ok()?,
+        port: Step { port, proto },
+        remaining: meta["expires"].as_u64().map_or(Duration::MAX, Duration::from_secs),
+    })
+}
+
+// ---- running nft ----------------------------------------------------------
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_string()
+}
+
+fn apply(doc: &Value) -> Result<(), GateError> {
+    apply_with(&[], doc)
+}
+
+/// Feeds `doc` to `nft -j -f -`: one document, one kernel transaction.
+fn apply_with(flags: &[&str], doc: &Value) -> Result<(), GateError> {
+    let mut child = Command::new("nft")
+        .args(flags)
+        .args(["-j", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    // On a write error nft has died; its exit status and stderr say why.
+    let written = stdin.write_all(doc.to_string().as_bytes());
+    drop(stdin);
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(GateError::Command {
+            cmd: format!("nft {} -j -f - <<< {doc}", flags.join(" ")),
+            stderr: stderr(&out),
+        });
+    }
+    Ok(written?)
+}
+
+/// Our table as `nft -j list table` prints it, or `None` if there is none.
+fn list_table() -> Result<Option<Value>, GateError> {
+    let out = Command::new("nft").args(["-j", "list", "table", FAMILY, TABLE]).output()?;
+    if out.status.success() {
+        return serde_json::from_slice(&out.stdout)
+            .map(Some)
+            .map_err(|e| GateError::Other(format!("parsing `nft -j list table`: {e}")));
+    }
+    // Only a missing table means "nothing there"; any other failure is real.
+    if !table_exists()? {
+        return Ok(None);
+    }
+    Err(GateError::Command { cmd: format!("nft -j list table {FAMILY} {TABLE}"), stderr: stderr(&out) })
+}
+
+fn table_exists() -> Result<bool, GateError> {
+    let out = super::run(Command::new("nft").args(["-j", "list", "tables", FAMILY]))?;
+    let listing: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| GateError::Other(format!("parsing `nft -j list tables`: {e}")))?;
+    let found = entries(&listing).any(|(k, t)| k == "table" && t["name"] == TABLE);
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(port: u16) -> Step {
+        Step { port, proto: Proto::Tcp }
+    }
+
+    fn udp(port: u16) -> Step {
+        Step { port, proto: Proto::Udp }
+    }
+
+    fn parse(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    /// What nft 1.0.6 prints for our table with two windows, one bare
+    /// element and one element of a foreign shape.
+    const LISTING: &str = r#"{"nftables": [
+      {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
+      {"table": {"family": "inet", "name": "xknockd", "handle": 1}},
+      {"set": {"family": "inet", "name": "allow4", "table": "xknockd",
+               "type": ["ipv4_addr", "inet_proto", "inet_service"], "handle": 1, "flags": ["timeout"],
+               "elem": [{"elem": {"val": {"concat": ["10.77.0.2", "tcp", 2222]}, "timeout": 30, "expires": 27, "comment": "ssh"}},
+                        {"concat": ["10.77.0.9", "udp", 53]}]}},
+      {"set": {"family": "inet", "name": "allow6", "table": "xknockd",
+               "type": ["ipv6_addr", "inet_proto", "inet_service"], "handle": 2, "flags": ["timeout"],
+               "elem": [{"elem": {"val": {"concat": ["fd77::2", "udp", 60001]}, "timeout": 3, "expires": 1, "comment": "web"}},
+                        {"elem": {"val": {"concat": ["fd77::3", "sctp", 1]}, "timeout": 3, "expires": 1}}]}},
+      {"set": {"family": "inet", "name": "protected", "table": "xknockd",
+               "type": ["inet_proto", "inet_service"], "handle": 3, "elem": [{"concat": ["tcp", 2222]}]}},
+      {"chain": {"family": "inet", "table": "xknockd", "name": "input", "handle": 4,
+                 "type": "filter", "hook": "input", "prio": -10, "policy": "accept"}},
+      {"rule": {"family": "inet", "table": "xknockd", "chain": "input", "handle": 5, "expr": []}}
+    ]}"#;
+
+    const RULES: &str = r#"
+      {"add": {"rule": {"family": "inet", "table": "xknockd", "chain": "input", "expr": [
+        {"match": {"op": "==", "left": {"concat": [{"payload": {"protocol": "ip", "field": "saddr"}},
+          {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}, "right": "@allow4"}},
+        {"accept": null}]}}},
+      {"add": {"rule": {"family": "inet", "table": "xknockd", "chain": "input", "expr": [
+        {"match": {"op": "==", "left": {"concat": [{"payload": {"protocol": "ip6", "field": "saddr"}},
+          {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}, "right": "@allow6"}},
+        {"accept": null}]}}},
+      {"add": {"rule": {"family": "inet", "table": "xknockd", "chain": "input", "expr": [
+        {"match": {"op": "==", "left": {"concat": [{"meta": {"key": "l4proto"}},
+          {"payload": {"protocol": "th", "field": "dport"}}]}, "right": "@protected"}},
+        {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}},
+        {"drop": null}]}}}"#;
+
+    const SETS_AND_CHAIN: &str = r#"
+      {"add": {"set": {"family": "inet", "table": "xknockd", "name": "allow4",
+                       "type": ["ipv4_addr", "inet_proto", "inet_service"], "flags": ["timeout"]}}},
+      {"add": {"set": {"family": "inet", "table": "xknockd", "name": "allow6",
+                       "type": ["ipv6_addr", "inet_proto", "inet_service"], "flags": ["timeout"]}}},
+      {"add": {"set": {"family": "inet", "table": "xknockd", "name": "protected",
+                       "type": ["inet_proto", "inet_service"]}}},
+      {"add": {"chain": {"family": "inet", "table": "xknockd", "name": "input",
+                         "type": "filter", "hook": "input", "prio": -10, "policy": "accept"}}},
+      {"flush": {"chain": {"family": "inet", "table": "xknockd", "name": "input"}}},"#;
+
+    #[test]
+    fn install_adopts_and_refills_protected_only() {
+        let want = format!(
+            r#"{{"nftables": [
+              {{"add": {{"table": {{"family": "inet", "name": "xknockd"}}}}}},
+              {SETS_AND_CHAIN}
+              {RULES},
+              {{"flush": {{"set": {{"family": "inet", "table": "xknockd", "name": "protected"}}}}}},
+              {{"add": {{"element": {{"family": "inet", "table": "xknockd", "name": "protected",
+                "elem": [{{"concat": ["tcp", 22]}}, {{"concat": ["udp", 60001]}}]}}}}}}
+            ]}}"#
+        );
+        let ports = [udp(60001), tcp(22), udp(60001)];
+        assert_eq!(install_doc(&ports, false, &[]), parse(&want));
+    }
+
+    #[test]
+    fn install_replacing_deletes_the_table_and_carries_windows() {
+        let carried = Window {
+            door: "ssh".into(),
+            src: "fd77::2".parse().unwrap(),
+            port: tcp(2222),
+            remaining: Duration::ZERO,
+        };
+        let want = format!(
+            r#"{{"nftables": [
+              {{"add": {{"table": {{"family": "inet", "name": "xknockd"}}}}}},
+              {{"delete": {{"table": {{"family": "inet", "name": "xknockd"}}}}}},
+              {{"add": {{"table": {{"family": "inet", "name": "xknockd"}}}}}},
+              {SETS_AND_CHAIN}
+              {RULES},
+              {{"flush": {{"set": {{"family": "inet", "table": "xknockd", "name": "protected"}}}}}},
+              {{"add": {{"element": {{"family": "inet", "table": "xknockd", "name": "allow6",
+                "elem": [{{"elem": {{"val": {{"concat": ["fd77::2", "tcp", 2222]}},
+                                     "timeout": 1, "comment": "ssh"}}}}]}}}}}}
+            ]}}"#
+        );
+        assert_eq!(install_doc(&[], true, &[carried]), parse(&want));
+    }
+
+    #[test]
+    fn open_adds_deletes_and_adds_in_one_document() {
+        let elems = r#"[{"elem": {"val": {"concat": ["10.77.0.2", "tcp", 2222]}, "timeout": 3, "comment": "ssh"}},
+                        {"elem": {"val": {"concat": ["10.77.0.2", "udp", 60001]}, "timeout": 3, "comment": "ssh"}}]"#;
+        let want = format!(
+            r#"{{"nftables": [
+              {{"add": {{"element": {{"family": "inet", "table": "xknockd", "name": "allow4", "elem": {elems}}}}}}},
+              {{"delete": {{"element": {{"family": "inet", "table": "xknockd", "name": "allow4", "elem": [
+                {{"concat": ["10.77.0.2", "tcp", 2222]}}, {{"concat": ["10.77.0.2", "udp", 60001]}}]}}}}}},
+              {{"add": {{"element": {{"family": "inet", "table": "xknockd", "name": "allow4", "elem": {elems}}}}}}}
+            ]}}"#
+        );
+        let src = "10.77.0.2".parse().unwrap();
+        let ports = [udp(60001), tcp(2222)];
+        let got = open_doc("ssh", src, &ports, Duration::from_millis(2500));
+        assert_eq!(got, Some(parse(&want)));
+        assert_eq!(open_doc("ssh", src, &[], Duration::from_secs(3)), None);
+    }
+
+    #[test]
+    fn open_puts_mapped_v4_in_the_v4_set_and_v6_in_the_v6_set() {
+        let mapped: IpAddr = "::ffff:10.77.0.2".parse().unwrap();
+        let got = open_doc("d", mapped, &[tcp(1)], Duration::from_secs(1)).unwrap();
+        assert_eq!(got["nftables"][1]["delete"]["element"]["name"], "allow4");
+        assert_eq!(
+            got["nftables"][1]["delete"]["element"]["elem"][0],
+            json!({"concat": ["10.77.0.2", "tcp", 1]})
+        );
+        let v6: IpAddr = "fd77::2".parse().unwrap();
+        let got = open_doc("d", v6, &[tcp(1)], Duration::from_secs(1)).unwrap();
+        assert_eq!(got["nftables"][2]["add"]["element"]["name"], "allow6");
+    }
+
+    #[test]
+    fn close_and_flush_documents() {
+        let close = r#"{"nftables": [
+          {"flush": {"set": {"family": "inet", "table": "xknockd", "name": "allow4"}}},
+          {"flush": {"set": {"family": "inet", "table": "xknockd", "name": "allow6"}}}]}"#;
+        assert_eq!(close_doc(), parse(close));
+        let flush = r#"{"nftables": [
+          {"add": {"table": {"family": "inet", "name": "xknockd"}}},
+          {"delete": {"table": {"family": "inet", "name": "xknockd"}}}]}"#;
+        assert_eq!(flush_doc(), parse(flush));
+    }
+
+    #[test]
+    fn timeouts_round_up_to_whole_seconds_and_never_zero() {
+        assert_eq!(timeout_secs(Duration::ZERO), 1);
+        assert_eq!(timeout_secs(Duration::from_millis(1)), 1);
+        assert_eq!(timeout_secs(Duration::from_secs(3)), 3);
+        assert_eq!(timeout_secs(Duration::from_millis(3001)), 4);
+        assert_eq!(timeout_secs(Duration::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn comments_are_cut_on_a_char_boundary() {
+        assert_eq!(comment("ssh"), "ssh");
+        let long = "é".repeat(100);
+        assert_eq!(comment(&long).len(), 128);
+        assert_eq!(comment(&"a".repeat(129 + 2)).len(), 128);
+    }
+
+    #[test]
+    fn listing_parses_into_windows() {
+        let windows = parse_windows(&parse(LISTING));
+        let want = vec![
+            Window {
+                door: "ssh".into(),
+                src: "10.77.0.2".parse().unwrap(),
+                port: tcp(2222),
+                remaining: Duration::from_secs(27),
+            },
+            Window {
+                door: String::new(),
+                src: "10.77.0.9".parse().unwrap(),
+                port: udp(53),
+                remaining: Duration::MAX,
+            },
+            Window {
+                door: "web".into(),
+                src: "fd77::2".parse().unwrap(),
+                port: udp(60001),
+                remaining: Duration::from_secs(1),
+            },
+        ];
+        assert_eq!(windows, want);
+    }
+
+    #[test]
+    fn shape_is_ours_only_with_exactly_our_sets_and_chain() {
+        let listing = parse(LISTING);
+        assert!(shape_matches(&listing));
+        let mut other_prio = listing.clone();
+        other_prio["nftables"][5]["chain"]["prio"] = json!(0);
+        assert!(!shape_matches(&other_prio));
+        let mut extra = listing.clone();
+        let stray = json!({"chain": {"family": "inet", "table": "xknockd", "name": "old", "handle": 9}});
+        extra["nftables"].as_array_mut().unwrap().push(stray);
+        assert!(!shape_matches(&extra));
+        let mut missing = listing;
+        missing["nftables"].as_array_mut().unwrap().remove(4);
+        assert!(!shape_matches(&missing));
+    }
+}
