@@ -157,3 +157,10 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+/// Does nothing: the baseline `cargo xtask bench` compares every path with.
+/// Never attached.
+#[xdp]
+pub fn xknock_empty(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}

@@ -13,7 +13,6 @@ use aya::{
 };
 use knockd_common::{AllowKey, AllowValue, PortKey, CONFIG_GATE_ON, DOOR_NAME_LEN, FAMILY_V4, FAMILY_V6};
 
-use super::pins::link_path;
 use crate::{
     config::model::{Backend, Proto, Step},
     events::monotonic_now,
@@ -190,7 +189,7 @@ fn remove_pins(dir: &Path) -> Result<(), GateError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{super::pins::link_path, *};
 
     #[test]
     fn keys_and_names_round_trip() {

@@ -21,6 +21,7 @@ use thiserror::Error;
 /// The XDP object, built by build.rs for the BPF target.
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xknock-xdp"));
 const PROGRAM: &str = "xknock";
+const BASELINE: &str = "xknock_empty";
 
 #[derive(Debug, Error)]
 pub enum BpfError {
@@ -115,6 +116,17 @@ impl XdpKnocker {
 
     pub fn attached(&self) -> &[String] {
         &self.attached
+    }
+
+    /// The empty XDP program from the same object, loaded on first use: the
+    /// baseline the benchmark measures every path against.
+    pub fn baseline(&mut self) -> Result<&Xdp, BpfError> {
+        let prog: &mut Xdp =
+            self.ebpf.program_mut(BASELINE).ok_or(BpfError::MissingMap(BASELINE))?.try_into()?;
+        if prog.fd().is_err() {
+            prog.load()?;
+        }
+        Ok(prog)
     }
 
     /// The loaded program, for BPF_PROG_TEST_RUN.
