@@ -46,6 +46,12 @@ fn tcp_and_udp_over_ipv4_and_ipv6_reach_the_daemon() {
             .wait_for(&format!("{client}: tcp-door: OPEN SESAME"), WAIT)
             .unwrap();
     }
+    // SIGUSR1 reports the kernel counters: four knocks were seen.
+    rig.signal(libc::SIGUSR1);
+    rig.daemon.wait_for("stats: frames=", WAIT).unwrap();
+    let line = rig.daemon.output().into_iter().find(|l| l.contains("stats: frames=")).unwrap();
+    let hits: u64 = line.split("knock_hits=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert_eq!(hits, 4, "{line}");
 }
 
 #[test]

@@ -84,6 +84,7 @@ impl Daemon {
         let mut hup = signal(SignalKind::hangup())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut term = signal(SignalKind::terminate())?;
+        let mut usr1 = signal(SignalKind::user_defined1())?;
         self.log.line(&knocklog::starting_up(&self.opts.interfaces));
         let mut batch = Vec::new();
         loop {
@@ -101,6 +102,7 @@ impl Daemon {
                 _ = hup.recv() => self.reload(),
                 _ = int.recv() => break,
                 _ = term.recv() => break,
+                _ = usr1.recv() => log::info!("{}", self.stats()),
             }
         }
         self.shutdown().await;
@@ -214,6 +216,25 @@ impl Daemon {
         knocklog::ip_prefix(ip, self.hostnames[&ip].as_deref())
     }
 
+    /// Kernel counters and tracker state, for SIGUSR1 and exit (and the bench).
+    fn stats(&self) -> String {
+        let c = self.knocker.counters().unwrap_or_default();
+        format!(
+            "stats: frames={} knock_hits={} flag_mismatch={} ringbuf_full={} not_local={} gate_drop={} \
+             gate_pass={} stealth_drop={} sources={} evictions={}",
+            c.frames,
+            c.knock_hits,
+            c.flag_mismatch,
+            c.ringbuf_full,
+            c.not_local,
+            c.gate_drop,
+            c.gate_pass,
+            c.stealth_drop,
+            self.tracker.sources(),
+            self.tracker.evictions()
+        )
+    }
+
     fn sync_addrs(&mut self) {
         match local_addrs() {
             Ok(local) => {
@@ -232,6 +253,7 @@ impl Daemon {
 
     async fn shutdown(mut self) {
         self.log.line(&knocklog::shutting_down());
+        log::info!("{}", self.stats());
         // Windows end; protected ports stay closed (fail closed).
         self.gates.close_windows();
         if !self.runner.shutdown().await {
