@@ -42,9 +42,7 @@ unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
     match i32::from(unsafe { (*sa).sa_family }) {
         libc::AF_INET => {
             let sin = unsafe { &*(sa as *const libc::sockaddr_in) };
-            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                sin.sin_addr.s_addr,
-            ))))
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
         }
         libc::AF_INET6 => {
             let sin6 = unsafe { &*(sa as *const libc::sockaddr_in6) };
@@ -80,20 +78,11 @@ impl AddrWatcher {
         sa.nl_groups = (libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
         let len = std::mem::size_of::<libc::sockaddr_nl>() as u32;
         // SAFETY: sa is a valid sockaddr_nl of `len` bytes.
-        if unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sa as *const libc::sockaddr_nl).cast(),
-                len,
-            )
-        } != 0
-        {
+        if unsafe { libc::bind(fd.as_raw_fd(), (&sa as *const libc::sockaddr_nl).cast(), len) } != 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: the OwnedFd stays open and unchanged for the AsyncFd's lifetime.
-        Ok(Self {
-            fd: unsafe { AsyncFd::register(fd) }?,
-        })
+        Ok(Self { fd: unsafe { AsyncFd::register(fd) }? })
     }
 
     /// Returns after at least one change notice, with all pending ones drained.
@@ -104,8 +93,7 @@ impl AddrWatcher {
         let mut buf = [0u8; 8192];
         loop {
             // SAFETY: buf is valid for its length.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 let err = io::Error::last_os_error();
                 match err.kind() {
@@ -129,9 +117,6 @@ mod tests {
     fn loopback_is_local() {
         let addrs = local_addrs().unwrap();
         // Every namespace this runs in has lo up with 127.0.0.1 (CI and dev VMs).
-        assert!(
-            addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            "{addrs:?}"
-        );
+        assert!(addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{addrs:?}");
     }
 }

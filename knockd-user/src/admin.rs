@@ -1,7 +1,7 @@
 //! `xknockd --status` and `--flush`: read or remove the kernel state the
 //! gates own, with no daemon needed (it may have crashed or been stopped).
 
-use std::{fmt::Write as _, path::Path};
+use std::{fmt::Write as _, path::Path, time::Duration};
 
 use crate::{
     config::model::{Backend, Config},
@@ -24,15 +24,13 @@ pub fn status(cfg: &Config) -> Result<String, GateError> {
 pub fn render(rows: &[Window]) -> String {
     let mut out = String::from("DOOR\tADDRESS\tPORT\tLEFT\n");
     for w in rows {
-        let _ = writeln!(
-            out,
-            "{}\t{}\t{}/{}\t{}s",
-            w.door,
-            w.src,
-            w.port.port,
-            w.port.proto.as_str(),
-            w.remaining.as_secs()
-        );
+        // nft lists an element without a timeout as never expiring.
+        let left = if w.remaining == Duration::MAX {
+            "never".to_string()
+        } else {
+            format!("{}s", w.remaining.as_secs())
+        };
+        let _ = writeln!(out, "{}\t{}\t{}/{}\t{left}", w.door, w.src, w.port.port, w.port.proto.as_str());
     }
     out
 }
@@ -55,8 +53,6 @@ pub fn default_bpffs() -> &'static Path {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::config::model::{Proto, Step};
 

@@ -53,7 +53,7 @@ pub struct DaemonArgs {
     #[arg(long, conflicts_with_all = ["check", "convert", "flush"])]
     pub status: bool,
     /// Remove every firewall table, chain, set, pin and map xknockd owns, then exit.
-    #[arg(long, conflicts_with_all = ["check", "convert"])]
+    #[arg(long, conflicts_with_all = ["check", "convert", "daemon"])]
     pub flush: bool,
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]

@@ -13,11 +13,7 @@ use thiserror::Error;
 use crate::config::model::{Proto, Step};
 
 #[derive(Clone, Debug, Parser)]
-#[command(
-    name = "xknock",
-    version,
-    about = "Send a port-knock sequence (knock-compatible)"
-)]
+#[command(name = "xknock", version, about = "Send a port-knock sequence (knock-compatible)")]
 pub struct KnockArgs {
     /// Make every hit UDP.
     #[arg(short = 'u', long = "udp")]
@@ -69,10 +65,7 @@ pub fn parse_knock(item: &str, force_udp: bool) -> Result<Step, KnockError> {
         Some((p, proto)) => (p, Some(proto)),
         None => (item, None),
     };
-    let port: u32 = port
-        .trim()
-        .parse()
-        .map_err(|_| bad("port is not a number"))?;
+    let port: u32 = port.trim().parse().map_err(|_| bad("port is not a number"))?;
     if !(1..=65535).contains(&port) {
         return Err(bad("port must be 1-65535"));
     }
@@ -83,10 +76,7 @@ pub fn parse_knock(item: &str, force_udp: bool) -> Result<Step, KnockError> {
         Some(p) if p == "udp" => Proto::Udp,
         Some(_) => return Err(bad("protocol must be tcp or udp")),
     };
-    Ok(Step {
-        port: port as u16,
-        proto,
-    })
+    Ok(Step { port: port as u16, proto })
 }
 
 /// The knocks to send: from the command line, or from a config's door.
@@ -94,24 +84,14 @@ pub fn plan(args: &KnockArgs) -> Result<Vec<Step>, KnockError> {
     let steps: Vec<Step> = match (&args.config, &args.door) {
         (Some(cfg), Some(name)) => {
             let cfg = crate::config::load(cfg)?;
-            let door = cfg
-                .doors
-                .iter()
-                .find(|d| &d.name == name)
-                .ok_or_else(|| KnockError::NoDoor(name.clone()))?;
+            let door =
+                cfg.doors.iter().find(|d| &d.name == name).ok_or_else(|| KnockError::NoDoor(name.clone()))?;
             door.sequence
                 .iter()
-                .map(|s| Step {
-                    proto: if args.udp { Proto::Udp } else { s.proto },
-                    ..*s
-                })
+                .map(|s| Step { proto: if args.udp { Proto::Udp } else { s.proto }, ..*s })
                 .collect()
         }
-        _ => args
-            .ports
-            .iter()
-            .map(|p| parse_knock(p, args.udp))
-            .collect::<Result<_, _>>()?,
+        _ => args.ports.iter().map(|p| parse_knock(p, args.udp)).collect::<Result<_, _>>()?,
     };
     if steps.is_empty() {
         return Err(KnockError::NoPorts);
@@ -121,9 +101,7 @@ pub fn plan(args: &KnockArgs) -> Result<Vec<Step>, KnockError> {
 
 /// Resolves `host`, honouring -4/-6; the first address wins, as with knock.
 pub fn resolve(host: &str, v4: bool, v6: bool) -> Result<IpAddr, KnockError> {
-    let addrs = (host, 0)
-        .to_socket_addrs()
-        .map_err(|_| KnockError::Resolve(host.to_string()))?;
+    let addrs = (host, 0).to_socket_addrs().map_err(|_| KnockError::Resolve(host.to_string()))?;
     addrs
         .map(|a| a.ip())
         .find(|ip| (!v4 || ip.is_ipv4()) && (!v6 || ip.is_ipv6()))
@@ -137,8 +115,7 @@ pub fn hit(ip: IpAddr, step: Step) -> Result<(), KnockError> {
     let err = |e| KnockError::Send(to, e);
     match step.proto {
         Proto::Tcp => {
-            let s = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))
-                .map_err(err)?;
+            let s = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
             s.set_nonblocking(true).map_err(err)?;
             match s.connect(&to.into()) {
                 Ok(()) => Ok(()),
@@ -149,11 +126,8 @@ pub fn hit(ip: IpAddr, step: Step) -> Result<(), KnockError> {
             }
         }
         Proto::Udp => {
-            let bind: SocketAddr = if ip.is_ipv4() {
-                "0.0.0.0:0".parse().unwrap()
-            } else {
-                "[::]:0".parse().unwrap()
-            };
+            let bind: SocketAddr =
+                if ip.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
             let s = UdpSocket::bind(bind).map_err(err)?;
             s.send_to(&[0u8], to).map(|_| ()).map_err(err)
         }
@@ -181,77 +155,37 @@ mod tests {
 
     #[test]
     fn knock_items_parse_like_knock_but_strictly() {
-        assert_eq!(
-            parse_knock("7000", false).unwrap(),
-            Step {
-                port: 7000,
-                proto: Proto::Tcp
-            }
-        );
-        assert_eq!(
-            parse_knock("8000:udp", false).unwrap(),
-            Step {
-                port: 8000,
-                proto: Proto::Udp
-            }
-        );
+        assert_eq!(parse_knock("7000", false).unwrap(), Step { port: 7000, proto: Proto::Tcp });
+        assert_eq!(parse_knock("8000:udp", false).unwrap(), Step { port: 8000, proto: Proto::Udp });
         assert_eq!(parse_knock("8000:UDP", false).unwrap().proto, Proto::Udp);
-        assert_eq!(
-            parse_knock("9000:tcp", true).unwrap().proto,
-            Proto::Udp,
-            "-u makes every hit UDP"
-        );
+        assert_eq!(parse_knock("9000:tcp", true).unwrap().proto, Proto::Udp, "-u makes every hit UDP");
         for bad in ["0", "65536", "70000", "x", "", "80:icmp", "-1"] {
-            assert!(
-                matches!(parse_knock(bad, false), Err(KnockError::Port(..))),
-                "{bad}"
-            );
+            assert!(matches!(parse_knock(bad, false), Err(KnockError::Port(..))), "{bad}");
         }
     }
 
     #[test]
     fn args_follow_knock() {
-        let a = KnockArgs::try_parse_from([
-            "xknock", "-u", "-d", "100", "-4", "-v", "host", "1", "2:tcp",
-        ])
-        .unwrap();
+        let a = KnockArgs::try_parse_from(["xknock", "-u", "-d", "100", "-4", "-v", "host", "1", "2:tcp"])
+            .unwrap();
         assert!(a.udp && a.ipv4 && a.verbose && !a.ipv6);
-        assert_eq!(
-            (a.delay_ms, a.host.as_str(), a.ports.len()),
-            (100, "host", 2)
-        );
+        assert_eq!((a.delay_ms, a.host.as_str(), a.ports.len()), (100, "host", 2));
         assert!(KnockArgs::try_parse_from(["xknock", "-4", "-6", "h", "1"]).is_err());
-        assert!(
-            KnockArgs::try_parse_from(["xknock", "--door", "x", "h"]).is_err(),
-            "--door needs -c"
-        );
+        assert!(KnockArgs::try_parse_from(["xknock", "--door", "x", "h"]).is_err(), "--door needs -c");
     }
 
     #[test]
     fn resolution_honours_families_and_fails_cleanly() {
-        assert_eq!(
-            resolve("127.0.0.1", false, false).unwrap(),
-            "127.0.0.1".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(resolve("127.0.0.1", false, false).unwrap(), "127.0.0.1".parse::<IpAddr>().unwrap());
         assert!(resolve("127.0.0.1", false, true).is_err());
-        assert!(matches!(
-            resolve("no-such-host.invalid", false, false),
-            Err(KnockError::Resolve(_))
-        ));
+        assert!(matches!(resolve("no-such-host.invalid", false, false), Err(KnockError::Resolve(_))));
     }
 
     #[test]
     fn udp_hit_arrives_on_loopback() {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = rx.local_addr().unwrap().port();
-        hit(
-            "127.0.0.1".parse().unwrap(),
-            Step {
-                port,
-                proto: Proto::Udp,
-            },
-        )
-        .unwrap();
+        hit("127.0.0.1".parse().unwrap(), Step { port, proto: Proto::Udp }).unwrap();
         let mut buf = [9u8; 4];
         rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         assert_eq!(rx.recv(&mut buf).unwrap(), 1);
@@ -262,14 +196,7 @@ mod tests {
     fn tcp_hit_reaches_a_listener() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        hit(
-            "127.0.0.1".parse().unwrap(),
-            Step {
-                port,
-                proto: Proto::Tcp,
-            },
-        )
-        .unwrap();
+        hit("127.0.0.1".parse().unwrap(), Step { port, proto: Proto::Tcp }).unwrap();
         // On loopback the SYN completes a handshake into the backlog before
         // our close, so the listener sees exactly one connection.
         l.set_nonblocking(true).unwrap();

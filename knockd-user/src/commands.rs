@@ -114,9 +114,7 @@ impl CommandRunner {
             shutdown: watch::channel(false).0,
             idle: Notify::new(),
         };
-        CommandRunner {
-            inner: Arc::new(inner),
-        }
+        CommandRunner { inner: Arc::new(inner) }
     }
 
     /// A knock completed: run `start` now and `stop` after `cmd_timeout`, in the background.
@@ -130,11 +128,8 @@ impl CommandRunner {
         stop: Option<String>,
         cmd_timeout: Duration,
     ) -> Opened {
-        let req = Request {
-            start: start.map(|c| render(&c, ip)),
-            stop: stop.map(|c| render(&c, ip)),
-            cmd_timeout,
-        };
+        let req =
+            Request { start: start.map(|c| render(&c, ip)), stop: stop.map(|c| render(&c, ip)), cmd_timeout };
         let key = (door.to_owned(), ip);
         let outcome = self.inner.register(&key, req);
         if outcome == Opened::Postponed {
@@ -149,9 +144,7 @@ impl CommandRunner {
     pub async fn shutdown(&self) -> bool {
         self.inner.lock().closed = true;
         self.inner.shutdown.send_replace(true);
-        tokio::time::timeout(SHUTDOWN_GRACE, self.inner.wait_idle())
-            .await
-            .is_ok()
+        tokio::time::timeout(SHUTDOWN_GRACE, self.inner.wait_idle()).await.is_ok()
     }
 
     /// Open doors awaiting their stop command, with the time left, sorted by door and
@@ -163,13 +156,7 @@ impl CommandRunner {
             .slots
             .iter()
             .filter(|(_, slot)| !slot.closing)
-            .map(|((door, ip), slot)| {
-                (
-                    door.clone(),
-                    *ip,
-                    slot.deadline.saturating_duration_since(now),
-                )
-            })
+            .map(|((door, ip), slot)| (door.clone(), *ip, slot.deadline.saturating_duration_since(now)))
             .collect();
         out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         out
@@ -204,8 +191,7 @@ impl Inner {
         // Spawned after unlocking: a runtime that is shutting down drops the task at once,
         // and the guard's drop takes the lock.
         let guard = TaskGuard(Arc::clone(self));
-        self.rt
-            .spawn(Arc::clone(self).session(key.clone(), start, guard));
+        self.rt.spawn(Arc::clone(self).session(key.clone(), start, guard));
         Opened::Started
     }
 
@@ -239,11 +225,7 @@ impl Inner {
                     slot.closing = true;
                     let stop = slot.stop.clone();
                     drop(state);
-                    let line = if closed {
-                        knocklog::closing_on_shutdown
-                    } else {
-                        knocklog::cmd_timeout
-                    };
+                    let line = if closed { knocklog::closing_on_shutdown } else { knocklog::cmd_timeout };
                     (self.sink)(line(key.1, &key.0));
                     return Some(stop);
                 }
@@ -267,11 +249,7 @@ impl Inner {
 
     async fn run(&self, door: &str, cmd: &str) {
         (self.sink)(knocklog::running(door, cmd));
-        let child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(cmd)
-            .stdin(Stdio::null())
-            .spawn();
+        let child = Command::new("/bin/sh").arg("-c").arg(cmd).stdin(Stdio::null()).spawn();
         let status = match child {
             // Awaiting the child reaps it: no zombies.
             Ok(mut child) => child.wait().await,
@@ -303,12 +281,7 @@ impl Inner {
 /// Inserts the slot for a request with a stop command; returns its start command.
 fn open_slot(state: &mut State, key: &Key, req: Request) -> Option<String> {
     if let Some(stop) = req.stop {
-        let slot = Slot {
-            deadline: Instant::now() + req.cmd_timeout,
-            stop,
-            closing: false,
-            reopen: None,
-        };
+        let slot = Slot { deadline: Instant::now() + req.cmd_timeout, stop, closing: false, reopen: None };
         state.slots.insert(key.clone(), slot);
     }
     req.start
@@ -359,17 +332,12 @@ mod tests {
             let _ = env_logger::builder().is_test(true).try_init();
             static N: AtomicUsize = AtomicUsize::new(0);
             let n = N.fetch_add(1, Ordering::Relaxed);
-            let dir =
-                std::env::temp_dir().join(format!("commands-{}-{tag}-{n}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("commands-{}-{tag}-{n}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let lines = Arc::new(Mutex::new(Vec::new()));
             let sink_lines = Arc::clone(&lines);
             let sink: LogSink = Arc::new(move |l: String| sink_lines.lock().unwrap().push(l));
-            Fixture {
-                runner: CommandRunner::new(sink),
-                lines,
-                dir,
-            }
+            Fixture { runner: CommandRunner::new(sink), lines, dir }
         }
 
         fn file(&self, name: &str) -> PathBuf {
@@ -391,19 +359,13 @@ mod tests {
     }
 
     fn read(path: &Path) -> Vec<String> {
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
     }
 
     /// Real-time sleep. Under paused time, a pending spawn_blocking also keeps tokio from
     /// jumping the clock forward while a child process runs.
     async fn real_sleep(ms: u64) {
-        tokio::task::spawn_blocking(move || std::thread::sleep(Duration::from_millis(ms)))
-            .await
-            .unwrap();
+        tokio::task::spawn_blocking(move || std::thread::sleep(Duration::from_millis(ms))).await.unwrap();
     }
 
     async fn wait_until(what: &str, cond: impl Fn() -> bool) {
@@ -417,18 +379,12 @@ mod tests {
     }
 
     async fn wait_lines(path: &Path, n: usize) {
-        wait_until(&format!("{} lines in {}", n, path.display()), || {
-            read(path).len() >= n
-        })
-        .await;
+        wait_until(&format!("{} lines in {}", n, path.display()), || read(path).len() >= n).await;
     }
 
     #[test]
     fn render_replaces_every_ip() {
-        assert_eq!(
-            render("a %IP% b %IP%%IP%", V4),
-            "a 1.2.3.4 b 1.2.3.41.2.3.4"
-        );
+        assert_eq!(render("a %IP% b %IP%%IP%", V4), "a 1.2.3.4 b 1.2.3.41.2.3.4");
         assert_eq!(render("ip6tables -s %IP%", V6), "ip6tables -s 2001:db8::1");
         assert_eq!(render("%ip% %PORT% 100%", V4), "%ip% %PORT% 100%");
         assert_eq!(render(&render("%IP%", V6), V6), "2001:db8::1");
@@ -447,10 +403,7 @@ mod tests {
     async fn start_command_gets_the_address() {
         let fx = Fixture::new("start");
         let cmd = fx.append("out", "start");
-        assert_eq!(
-            fx.runner.open("openSSH", V4, Some(cmd), None, HOUR),
-            Opened::Started
-        );
+        assert_eq!(fx.runner.open("openSSH", V4, Some(cmd), None, HOUR), Opened::Started);
         wait_lines(&fx.file("out"), 1).await;
         assert_eq!(read(&fx.file("out")), ["start 1.2.3.4"]);
         let rendered = format!("echo start 1.2.3.4 >> {}", fx.file("out").display());
@@ -475,13 +428,7 @@ mod tests {
     async fn stop_follows_after_cmd_timeout() {
         let fx = Fixture::new("stop");
         let (start, stop) = (fx.append("start", "open"), fx.append("stop", "close"));
-        fx.runner.open(
-            "d",
-            V4,
-            Some(start),
-            Some(stop.clone()),
-            Duration::from_secs(30),
-        );
+        fx.runner.open("d", V4, Some(start), Some(stop.clone()), Duration::from_secs(30));
         wait_lines(&fx.file("start"), 1).await;
         real_sleep(200).await;
         assert!(read(&fx.file("stop")).is_empty());
@@ -493,9 +440,7 @@ mod tests {
         wait_lines(&fx.file("stop"), 1).await;
         assert_eq!(read(&fx.file("stop")), ["close 1.2.3.4"]);
         let timeout = fx.log_index("1.2.3.4: d: command timeout").unwrap();
-        let running = fx
-            .log_index(&format!("d: running command: {}", render(&stop, V4)))
-            .unwrap();
+        let running = fx.log_index(&format!("d: running command: {}", render(&stop, V4))).unwrap();
         assert!(timeout < running);
         wait_until("slot removal", || fx.runner.pending().is_empty()).await;
     }
@@ -505,17 +450,10 @@ mod tests {
         let fx = Fixture::new("reknock");
         let (start, stop) = (fx.append("start", "open"), fx.append("stop", "close"));
         let t = Duration::from_secs(30);
-        assert_eq!(
-            fx.runner
-                .open("d", V4, Some(start.clone()), Some(stop.clone()), t),
-            Opened::Started
-        );
+        assert_eq!(fx.runner.open("d", V4, Some(start.clone()), Some(stop.clone()), t), Opened::Started);
         wait_lines(&fx.file("start"), 1).await;
         tokio::time::advance(Duration::from_secs(20)).await;
-        assert_eq!(
-            fx.runner.open("d", V4, Some(start), Some(stop), t),
-            Opened::Postponed
-        );
+        assert_eq!(fx.runner.open("d", V4, Some(start), Some(stop), t), Opened::Postponed);
         assert!(fx.logged("1.2.3.4: d: already open, stop command postponed"));
 
         // Past the first deadline (30 s), before the postponed one (50 s).
@@ -535,20 +473,13 @@ mod tests {
         let start = fx.append("log", "open");
         let stop = format!("sleep 0.3; {}", fx.append("log", "close"));
         let t = Duration::from_secs(30);
-        fx.runner
-            .open("d", V4, Some(start.clone()), Some(stop.clone()), t);
+        fx.runner.open("d", V4, Some(start.clone()), Some(stop.clone()), t);
         wait_lines(&fx.file("log"), 1).await;
         tokio::time::advance(t).await;
         wait_until("stop to start", || fx.logged("1.2.3.4: d: command timeout")).await;
-        assert_eq!(
-            fx.runner.open("d", V4, Some(start), Some(stop), t),
-            Opened::Queued
-        );
+        assert_eq!(fx.runner.open("d", V4, Some(start), Some(stop), t), Opened::Queued);
         wait_lines(&fx.file("log"), 3).await;
-        assert_eq!(
-            read(&fx.file("log")),
-            ["open 1.2.3.4", "close 1.2.3.4", "open 1.2.3.4"]
-        );
+        assert_eq!(read(&fx.file("log")), ["open 1.2.3.4", "close 1.2.3.4", "open 1.2.3.4"]);
         assert_eq!(fx.runner.pending().len(), 1);
     }
 
@@ -556,10 +487,8 @@ mod tests {
     async fn shutdown_runs_pending_stops_now() {
         let fx = Fixture::new("shutdown");
         let (start, stop) = (fx.append("start", "open"), fx.append("stop", "close"));
-        fx.runner
-            .open("d", V4, Some(start.clone()), Some(stop.clone()), HOUR);
-        fx.runner
-            .open("d", V6, Some(start.clone()), Some(stop.clone()), HOUR);
+        fx.runner.open("d", V4, Some(start.clone()), Some(stop.clone()), HOUR);
+        fx.runner.open("d", V6, Some(start.clone()), Some(stop.clone()), HOUR);
         wait_lines(&fx.file("start"), 2).await;
         assert!(fx.runner.shutdown().await);
         let mut closed = read(&fx.file("stop"));
@@ -567,10 +496,7 @@ mod tests {
         assert_eq!(closed, ["close 1.2.3.4", "close 2001:db8::1"]);
         assert!(fx.logged("1.2.3.4: d: closing on shutdown"));
         assert!(fx.runner.pending().is_empty());
-        assert_eq!(
-            fx.runner.open("d", V4, Some(start), Some(stop), HOUR),
-            Opened::Refused
-        );
+        assert_eq!(fx.runner.open("d", V4, Some(start), Some(stop), HOUR), Opened::Refused);
     }
 
     #[tokio::test]
@@ -585,10 +511,8 @@ mod tests {
     #[tokio::test]
     async fn failures_are_logged() {
         let fx = Fixture::new("fail");
-        fx.runner
-            .open("openSSH", V4, Some("exit 3".into()), None, HOUR);
-        fx.runner
-            .open("other", V4, Some("kill -9 $$".into()), None, HOUR);
+        fx.runner.open("openSSH", V4, Some("exit 3".into()), None, HOUR);
+        fx.runner.open("other", V4, Some("kill -9 $$".into()), None, HOUR);
         assert!(fx.runner.shutdown().await);
         assert!(fx.logged("openSSH: command returned non-zero status code (3)"));
         assert!(fx.logged("other: command returned non-zero status code (killed by signal 9)"));

@@ -35,10 +35,7 @@ pub fn decode(bytes: &[u8]) -> Option<KnockRecord> {
     let ev: KnockEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     let (src, dst) = match ev.family {
         FAMILY_V4 => (IpAddr::V4(v4(&ev.src)), IpAddr::V4(v4(&ev.dst))),
-        FAMILY_V6 => (
-            IpAddr::V6(Ipv6Addr::from(ev.src)),
-            IpAddr::V6(Ipv6Addr::from(ev.dst)),
-        ),
+        FAMILY_V6 => (IpAddr::V6(Ipv6Addr::from(ev.src)), IpAddr::V6(Ipv6Addr::from(ev.dst))),
         _ => return None,
     };
     let proto = match ev.proto {
@@ -49,10 +46,7 @@ pub fn decode(bytes: &[u8]) -> Option<KnockRecord> {
     Some(KnockRecord {
         src,
         dst,
-        step: Step {
-            port: ev.dst_port,
-            proto,
-        },
+        step: Step { port: ev.dst_port, proto },
         src_port: ev.src_port,
         tcp_flags: ev.tcp_flags,
         ifindex: ev.ifindex,
@@ -73,9 +67,7 @@ impl EventStream {
     pub fn new(ring: RingBuf<MapData>) -> io::Result<Self> {
         // SAFETY: the ring buffer owns its map fd, which stays open and
         // unchanged for the AsyncFd's lifetime.
-        Ok(Self {
-            fd: unsafe { AsyncFd::register(ring) }?,
-        })
+        Ok(Self { fd: unsafe { AsyncFd::register(ring) }? })
     }
 
     /// Waits for at least one wakeup, then drains everything available.
@@ -92,10 +84,7 @@ impl EventStream {
 
 /// CLOCK_MONOTONIC now, the clock `bpf_ktime_get_ns` uses.
 pub fn monotonic_now() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid pointer; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
@@ -140,13 +129,7 @@ mod tests {
         let r = decode(&raw(&event(FAMILY_V4, PROTO_TCP))).unwrap();
         assert_eq!(r.src, "10.0.0.2".parse::<IpAddr>().unwrap());
         assert_eq!(r.dst, "10.0.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(
-            r.step,
-            Step {
-                port: 7000,
-                proto: Proto::Tcp
-            }
-        );
+        assert_eq!(r.step, Step { port: 7000, proto: Proto::Tcp });
         assert_eq!((r.src_port, r.tcp_flags, r.ifindex), (40000, 0x02, 7));
         assert_eq!(r.at, Duration::from_millis(1500));
     }

@@ -43,10 +43,7 @@ impl KnockLog {
             // SAFETY: the ident is a 'static C string, as openlog requires (it keeps the pointer).
             unsafe { libc::openlog(SYSLOG_IDENT.as_ptr(), 0, libc::LOG_USER) };
         }
-        Ok(KnockLog {
-            cfg,
-            file: Mutex::new(file),
-        })
+        Ok(KnockLog { cfg, file: Mutex::new(file) })
     }
 
     /// The configuration this log was opened with.
@@ -104,21 +101,13 @@ impl KnockLog {
 
 fn open_log_file(path: &Path) -> io::Result<File> {
     // The log holds knockers' addresses: not world-readable.
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .open(path)
+    OpenOptions::new().append(true).create(true).mode(0o640).open(path)
 }
 
 /// Control characters (newlines above all) would let one event forge extra log lines.
 fn one_line(msg: &str) -> Cow<'_, str> {
     if msg.chars().any(|c| c.is_control()) {
-        Cow::Owned(
-            msg.chars()
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect(),
-        )
+        Cow::Owned(msg.chars().map(|c| if c.is_control() { ' ' } else { c }).collect())
     } else {
         Cow::Borrowed(msg)
     }
@@ -289,9 +278,7 @@ unsafe fn fill_sockaddr(ss: &mut libc::sockaddr_storage, ip: IpAddr) -> libc::so
 fn is_hostname(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253 + 1
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 #[cfg(test)]
@@ -311,11 +298,7 @@ mod tests {
     }
 
     fn lines(path: &Path) -> Vec<String> {
-        std::fs::read_to_string(path)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        std::fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect()
     }
 
     /// `[YYYY-MM-DD HH:MM] ` followed by the message.
@@ -327,49 +310,22 @@ mod tests {
             (b[0], b[5], b[8], b[11], b[14], b[17], b[18]),
             (b'[', b'-', b'-', b' ', b':', b']', b' ')
         );
-        assert!(
-            digits.iter().all(|&i| b[i].is_ascii_digit()),
-            "bad prefix in {line:?}"
-        );
+        assert!(digits.iter().all(|&i| b[i].is_ascii_digit()), "bad prefix in {line:?}");
         &line[19..]
     }
 
     #[test]
     fn knockd_lines() {
-        assert_eq!(
-            starting_up(&["eth0".into()]),
-            "starting up, listening on eth0"
-        );
-        assert_eq!(
-            starting_up(&["eth0".into(), "eth1".into()]),
-            "starting up, listening on eth0, eth1"
-        );
+        assert_eq!(starting_up(&["eth0".into()]), "starting up, listening on eth0");
+        assert_eq!(starting_up(&["eth0".into(), "eth1".into()]), "starting up, listening on eth0, eth1");
         assert_eq!(stage(V4, "openSSH", 1), "1.2.3.4: openSSH: Stage 1");
         assert_eq!(open_sesame(V4, "openSSH"), "1.2.3.4: openSSH: OPEN SESAME");
-        assert_eq!(
-            running("openSSH", "/bin/true"),
-            "openSSH: running command: /bin/true"
-        );
-        assert_eq!(
-            nonzero("openSSH", 1),
-            "openSSH: command returned non-zero status code (1)"
-        );
-        assert_eq!(
-            seq_timeout(V4, "openSSH", 2),
-            "1.2.3.4: openSSH: sequence timeout (stage 2)"
-        );
-        assert_eq!(
-            cmd_timeout(V4, "openSSH"),
-            "1.2.3.4: openSSH: command timeout"
-        );
-        assert_eq!(
-            rereading("/etc/knockd.conf"),
-            "re-reading config file: /etc/knockd.conf"
-        );
-        assert_eq!(
-            reopening("/var/log/knockd.log"),
-            "re-opening log file: /var/log/knockd.log"
-        );
+        assert_eq!(running("openSSH", "/bin/true"), "openSSH: running command: /bin/true");
+        assert_eq!(nonzero("openSSH", 1), "openSSH: command returned non-zero status code (1)");
+        assert_eq!(seq_timeout(V4, "openSSH", 2), "1.2.3.4: openSSH: sequence timeout (stage 2)");
+        assert_eq!(cmd_timeout(V4, "openSSH"), "1.2.3.4: openSSH: command timeout");
+        assert_eq!(rereading("/etc/knockd.conf"), "re-reading config file: /etc/knockd.conf");
+        assert_eq!(reopening("/var/log/knockd.log"), "re-opening log file: /var/log/knockd.log");
         assert_eq!(shutting_down(), "shutting down");
     }
 
@@ -377,10 +333,7 @@ mod tests {
     fn hostnames_and_ipv6() {
         let host = ip_prefix(V4, Some("a.example"));
         assert_eq!(host, "1.2.3.4 (a.example)");
-        assert_eq!(
-            open_sesame(&host, "openSSH"),
-            "1.2.3.4 (a.example): openSSH: OPEN SESAME"
-        );
+        assert_eq!(open_sesame(&host, "openSSH"), "1.2.3.4 (a.example): openSSH: OPEN SESAME");
         assert_eq!(ip_prefix(V4, None), "1.2.3.4");
         let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
         assert_eq!(stage(v6, "d", 3), "2001:db8::1: d: Stage 3");
@@ -389,9 +342,7 @@ mod tests {
     #[test]
     fn hostile_hostnames_are_refused() {
         assert!(is_hostname("host-1.example.org."));
-        assert!(!is_hostname(
-            "evil\n[2024-01-01 00:00] 6.6.6.6: x: OPEN SESAME"
-        ));
+        assert!(!is_hostname("evil\n[2024-01-01 00:00] 6.6.6.6: x: OPEN SESAME"));
         assert!(!is_hostname("a b"));
         assert!(!is_hostname(""));
     }
@@ -406,11 +357,7 @@ mod tests {
     #[test]
     fn file_lines_carry_knockd_prefix() {
         let path = temp_path("prefix");
-        let log = KnockLog::open(LogConfig {
-            log_file: Some(path.clone()),
-            use_syslog: false,
-        })
-        .unwrap();
+        let log = KnockLog::open(LogConfig { log_file: Some(path.clone()), use_syslog: false }).unwrap();
         log.line(&open_sesame(V4, "openSSH"));
         log.line("two\nlines");
         let got = lines(&path);
@@ -423,34 +370,21 @@ mod tests {
     fn reopen_after_logrotate() {
         let path = temp_path("rotate");
         let rotated = path.with_extension("log.1");
-        let log = KnockLog::open(LogConfig {
-            log_file: Some(path.clone()),
-            use_syslog: false,
-        })
-        .unwrap();
+        let log = KnockLog::open(LogConfig { log_file: Some(path.clone()), use_syslog: false }).unwrap();
         log.line("before");
         std::fs::rename(&path, &rotated).unwrap();
         log.line("after rename");
         log.reopen().unwrap();
         log.line("after reopen");
-        let old: Vec<_> = lines(&rotated)
-            .iter()
-            .map(|l| strip_prefix(l).to_owned())
-            .collect();
-        let new: Vec<_> = lines(&path)
-            .iter()
-            .map(|l| strip_prefix(l).to_owned())
-            .collect();
+        let old: Vec<_> = lines(&rotated).iter().map(|l| strip_prefix(l).to_owned()).collect();
+        let new: Vec<_> = lines(&path).iter().map(|l| strip_prefix(l).to_owned()).collect();
         assert_eq!(old, ["before", "after rename"]);
         assert_eq!(new, [reopening(path.display()), "after reopen".to_owned()]);
     }
 
     #[test]
     fn failing_file_write_does_not_panic() {
-        let log = KnockLog::open(LogConfig {
-            log_file: Some("/dev/full".into()),
-            use_syslog: false,
-        });
+        let log = KnockLog::open(LogConfig { log_file: Some("/dev/full".into()), use_syslog: false });
         // /dev/full may be missing in odd sandboxes; the point is only that line() survives.
         if let Ok(log) = log {
             log.line("disk full");
@@ -463,24 +397,15 @@ mod tests {
         log.line("plain");
         log.reopen().unwrap();
         // Sent to the machine's syslog: a "%n" read as a format would crash here.
-        let log = KnockLog::open(LogConfig {
-            log_file: None,
-            use_syslog: true,
-        })
-        .unwrap();
+        let log = KnockLog::open(LogConfig { log_file: None, use_syslog: true }).unwrap();
         log.line("xknockd test: 100% %s %n %x");
     }
 
     #[test]
     fn sink_writes_through() {
         let path = temp_path("sink");
-        let log = Arc::new(
-            KnockLog::open(LogConfig {
-                log_file: Some(path.clone()),
-                use_syslog: false,
-            })
-            .unwrap(),
-        );
+        let log =
+            Arc::new(KnockLog::open(LogConfig { log_file: Some(path.clone()), use_syslog: false }).unwrap());
         (log.sink())("via sink".to_owned());
         assert_eq!(strip_prefix(&lines(&path)[0]), "via sink");
     }

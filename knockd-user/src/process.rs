@@ -1,7 +1,9 @@
 //! Process lifecycle: the pid file and `-d` detaching.
 
 use std::{
-    io,
+    fs::File,
+    io::{self, Read, Write},
+    os::fd::{FromRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -9,10 +11,25 @@ use std::{
 pub struct PidFile(PathBuf);
 
 impl PidFile {
+    /// Writes our pid. A file naming a live xknockd is an error: two daemons
+    /// on one pid file would remove each other's.
     pub fn create(path: &Path) -> io::Result<Self> {
+        if let Some(pid) = running_pid(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("xknockd is already running as pid {pid} ({})", path.display()),
+            ));
+        }
         std::fs::write(path, format!("{}\n", std::process::id()))?;
         Ok(Self(path.to_path_buf()))
     }
+}
+
+/// The pid in `path` if it names a live xknockd other than us.
+fn running_pid(path: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (pid != std::process::id() && comm.trim() == "xknockd").then_some(pid)
 }
 
 impl Drop for PidFile {
@@ -21,16 +38,44 @@ impl Drop for PidFile {
     }
 }
 
-/// Classic double fork: the caller returns in the grandchild, detached from
-/// the terminal with stdio on /dev/null. Must run before any thread starts.
-pub fn daemonize() -> io::Result<()> {
+/// The detached daemon's line back to the process that started it: the
+/// starter exits only once start-up has succeeded or failed, with that
+/// outcome, as knockd does by opening the interface before detaching.
+pub struct Readiness(File);
+
+impl Readiness {
+    pub fn ready(mut self) {
+        let _ = self.0.write_all(b"\0");
+    }
+
+    pub fn failed(mut self, why: &str) {
+        let _ = self.0.write_all(why.as_bytes());
+    }
+}
+
+/// Classic double fork. The original process waits for the grandchild's
+/// readiness report and exits 0 or 1 with its message; the grandchild
+/// returns, detached from the terminal with stdio on /dev/null. Must run
+/// before any thread starts.
+pub fn daemonize() -> io::Result<Readiness> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds we own from here on.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh fds from pipe2, each owned exactly once.
+    let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // SAFETY: single-threaded at this point (no runtime yet), so fork is sound.
-    unsafe {
-        match libc::fork() {
-            -1 => return Err(io::Error::last_os_error()),
-            0 => {}
-            _ => libc::_exit(0),
+    match unsafe { libc::fork() } {
+        -1 => return Err(io::Error::last_os_error()),
+        0 => drop(rx),
+        _ => {
+            drop(tx);
+            wait_for_child(File::from(rx));
         }
+    }
+    // SAFETY: as above; the intermediate child exits at once.
+    unsafe {
         if libc::setsid() == -1 {
             return Err(io::Error::last_os_error());
         }
@@ -50,7 +95,24 @@ pub fn daemonize() -> io::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(Readiness(File::from(tx)))
+}
+
+/// In the starting process: exit with the daemon's start-up outcome.
+fn wait_for_child(mut rx: File) -> ! {
+    let mut msg = Vec::new();
+    let _ = rx.read_to_end(&mut msg);
+    match msg.as_slice() {
+        [0] => std::process::exit(0),
+        [] => {
+            eprintln!("xknockd: the daemon exited during start-up");
+            std::process::exit(1)
+        }
+        why => {
+            eprintln!("xknockd: {}", String::from_utf8_lossy(why));
+            std::process::exit(1)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -66,5 +128,15 @@ mod tests {
             assert_eq!(text.trim(), std::process::id().to_string());
         }
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_stale_pid_file_is_replaced() {
+        let path = std::env::temp_dir().join(format!("xknockd-stale-{}.pid", std::process::id()));
+        // pid 1 is init, not xknockd: stale as far as we are concerned.
+        std::fs::write(&path, "1\n").unwrap();
+        let pid = PidFile::create(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), std::process::id().to_string());
+        drop(pid);
     }
 }

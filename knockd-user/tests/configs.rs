@@ -14,9 +14,5 @@ fn every_example_parses() {
             seen += 1;
         }
     }
-    assert!(
-        seen >= 3,
-        "expected the example configs in {}",
-        dir.display()
-    );
+    assert!(seen >= 3, "expected the example configs in {}", dir.display());
 }

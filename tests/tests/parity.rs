@@ -36,11 +36,7 @@ fn start() -> Server {
 }
 
 fn out_lines(srv: &Server) -> Vec<String> {
-    std::fs::read_to_string(srv.dir.path("out"))
-        .unwrap_or_default()
-        .lines()
-        .map(String::from)
-        .collect()
+    std::fs::read_to_string(srv.dir.path("out")).unwrap_or_default().lines().map(String::from).collect()
 }
 
 /// Knocks the marker door from the second client address and waits for its
@@ -53,9 +49,7 @@ fn barrier(srv: &mut Server) {
         s.send_to(&[0], (SERVER_V4, 6000)).unwrap();
     })
     .unwrap();
-    srv.daemon
-        .wait_for_n("marker: OPEN SESAME", before + 1, WAIT)
-        .unwrap();
+    srv.daemon.wait_for_n("marker: OPEN SESAME", before + 1, WAIT).unwrap();
 }
 
 fn full_knock(srv: &Server, host: &str) {
@@ -69,24 +63,11 @@ fn start_then_stop_command_with_the_knockers_address() {
     }
     let mut srv = start();
     full_knock(&srv, SERVER_V4);
-    srv.daemon
-        .wait_for(&format!("{CLIENT_V4}: main: Stage 3"), WAIT)
-        .unwrap();
-    srv.daemon
-        .wait_for(&format!("{CLIENT_V4}: main: OPEN SESAME"), WAIT)
-        .unwrap();
-    srv.daemon
-        .wait_for("main: running command: echo \"start 10.77.0.2\"", WAIT)
-        .unwrap();
-    assert!(
-        wait_until(WAIT, || out_lines(&srv).len() >= 2),
-        "{:?}",
-        out_lines(&srv)
-    );
-    assert_eq!(
-        out_lines(&srv),
-        [format!("start {CLIENT_V4}"), format!("stop {CLIENT_V4}")]
-    );
+    srv.daemon.wait_for(&format!("{CLIENT_V4}: main: Stage 3"), WAIT).unwrap();
+    srv.daemon.wait_for(&format!("{CLIENT_V4}: main: OPEN SESAME"), WAIT).unwrap();
+    srv.daemon.wait_for("main: running command: echo \"start 10.77.0.2\"", WAIT).unwrap();
+    assert!(wait_until(WAIT, || out_lines(&srv).len() >= 2), "{:?}", out_lines(&srv));
+    assert_eq!(out_lines(&srv), [format!("start {CLIENT_V4}"), format!("stop {CLIENT_V4}")]);
 }
 
 #[test]
@@ -96,11 +77,8 @@ fn ipv6_knock_opens_with_the_v6_address() {
     }
     let mut srv = start();
     full_knock(&srv, SERVER_V6);
-    srv.daemon
-        .wait_for(&format!("{CLIENT_V6}: main: OPEN SESAME"), WAIT)
-        .unwrap();
-    assert!(wait_until(WAIT, || out_lines(&srv)
-        .contains(&format!("start {CLIENT_V6}"))));
+    srv.daemon.wait_for(&format!("{CLIENT_V6}: main: OPEN SESAME"), WAIT).unwrap();
+    assert!(wait_until(WAIT, || out_lines(&srv).contains(&format!("start {CLIENT_V6}"))));
 }
 
 #[test]
@@ -111,12 +89,7 @@ fn wrong_port_mid_sequence_invalidates_and_does_not_restart() {
     let mut srv = start();
     srv.knock(&[SERVER_V4, "7000", "9000", "8000:udp", "9000"]);
     barrier(&mut srv);
-    assert_eq!(
-        srv.daemon.count("main: OPEN SESAME"),
-        0,
-        "{:#?}",
-        srv.daemon.output()
-    );
+    assert_eq!(srv.daemon.count("main: OPEN SESAME"), 0, "{:#?}", srv.daemon.output());
     assert_eq!(srv.daemon.count("main: Stage 1"), 1);
     assert_eq!(srv.daemon.count("main: Stage 2"), 0);
 }
@@ -129,20 +102,10 @@ fn sequence_times_out_from_the_first_knock() {
     let mut srv = start();
     srv.knock(&[SERVER_V4, "7000", "8000:udp"]);
     // The purge timer reports it without waiting for another packet.
-    srv.daemon
-        .wait_for(
-            &format!("{CLIENT_V4}: main: sequence timeout (stage 2)"),
-            WAIT,
-        )
-        .unwrap();
+    srv.daemon.wait_for(&format!("{CLIENT_V4}: main: sequence timeout (stage 2)"), WAIT).unwrap();
     srv.knock(&[SERVER_V4, "9000"]);
     barrier(&mut srv);
-    assert_eq!(
-        srv.daemon.count("main: OPEN SESAME"),
-        0,
-        "{:#?}",
-        srv.daemon.output()
-    );
+    assert_eq!(srv.daemon.count("main: OPEN SESAME"), 0, "{:#?}", srv.daemon.output());
 }
 
 #[test]
@@ -185,17 +148,13 @@ fn sighup_with_a_broken_config_keeps_serving_and_a_good_one_applies() {
     let good = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, good.replace("\"7000\"", "\"70000\"")).unwrap();
     srv.signal(libc::SIGHUP);
-    srv.daemon
-        .wait_for("keeping the running config", WAIT)
-        .unwrap();
+    srv.daemon.wait_for("keeping the running config", WAIT).unwrap();
     full_knock(&srv, SERVER_V4);
     srv.daemon.wait_for("main: OPEN SESAME", WAIT).unwrap();
 
     std::fs::write(&path, good.replace("\"7000\"", "\"7100\"")).unwrap();
     srv.signal(libc::SIGHUP);
-    srv.daemon
-        .wait_for_n("re-reading config file", 2, WAIT)
-        .unwrap();
+    srv.daemon.wait_for_n("re-reading config file", 2, WAIT).unwrap();
     barrier(&mut srv);
     srv.knock(&[SERVER_V4, "7100", "8000:udp", "9000"]);
     srv.daemon.wait_for_n("main: OPEN SESAME", 2, WAIT).unwrap();
@@ -225,8 +184,11 @@ fn one_time_sequences_are_burnt_and_replays_refused_for_v4_and_v6() {
     // The next line is live at once, over IPv6 too (knockd forgets that filter).
     srv.knock(&[SERVER_V6, "7002", "8002:udp", "9002"]);
     srv.daemon.wait_for_n("once: OPEN SESAME", 2, WAIT).unwrap();
-    srv.daemon.wait_for("no more sequences left in the one time sequences file for door once --> disabling the door", WAIT).unwrap();
-    assert!(std::fs::read_to_string(&seqs)
-        .unwrap()
-        .ends_with("#7002,8002:udp,9002\n"));
+    srv.daemon
+        .wait_for(
+            "no more sequences left in the one time sequences file for door once --> disabling the door",
+            WAIT,
+        )
+        .unwrap();
+    assert!(std::fs::read_to_string(&seqs).unwrap().ends_with("#7002,8002:udp,9002\n"));
 }

@@ -29,22 +29,12 @@ fn tcp_and_udp_over_ipv4_and_ipv6_reach_the_daemon() {
     let mut rig = Server::start("xknockd.yaml", CONFIG, &[]).unwrap();
     for (server, client) in [(SERVER_V4, CLIENT_V4), (SERVER_V6, CLIENT_V6)] {
         rig.knock(&[server, "7000"]);
-        rig.daemon
-            .wait_for(&format!("knock {client} -> {server} 7000:tcp"), WAIT)
-            .unwrap();
-        rig.daemon
-            .wait_for(&format!("opened tcp-door for {client}"), WAIT)
-            .unwrap();
+        rig.daemon.wait_for(&format!("knock {client} -> {server} 7000:tcp"), WAIT).unwrap();
+        rig.daemon.wait_for(&format!("opened tcp-door for {client}"), WAIT).unwrap();
         rig.knock(&[server, "8000:udp"]);
-        rig.daemon
-            .wait_for(&format!("knock {client} -> {server} 8000:udp"), WAIT)
-            .unwrap();
-        rig.daemon
-            .wait_for(&format!("opened udp-door for {client}"), WAIT)
-            .unwrap();
-        rig.daemon
-            .wait_for(&format!("{client}: tcp-door: OPEN SESAME"), WAIT)
-            .unwrap();
+        rig.daemon.wait_for(&format!("knock {client} -> {server} 8000:udp"), WAIT).unwrap();
+        rig.daemon.wait_for(&format!("opened udp-door for {client}"), WAIT).unwrap();
+        rig.daemon.wait_for(&format!("{client}: tcp-door: OPEN SESAME"), WAIT).unwrap();
     }
     // SIGUSR1 reports the kernel counters: four knocks were seen.
     rig.signal(libc::SIGUSR1);
@@ -65,15 +55,8 @@ fn packets_to_an_address_that_is_not_ours_are_not_knocks() {
         // A knock to a real address afterwards: once it shows up, the earlier
         // packet has certainly been through XDP too.
         rig.knock(&[server, "8000:udp"]);
-        rig.daemon
-            .wait_for(&format!("-> {server} 8000:udp"), WAIT)
-            .unwrap();
-        assert_eq!(
-            rig.daemon.count(&format!("-> {other} ")),
-            0,
-            "{:#?}",
-            rig.daemon.output()
-        );
+        rig.daemon.wait_for(&format!("-> {server} 8000:udp"), WAIT).unwrap();
+        assert_eq!(rig.daemon.count(&format!("-> {other} ")), 0, "{:#?}", rig.daemon.output());
     }
 }
 
@@ -85,27 +68,10 @@ fn sigterm_detaches_and_removes_the_pid_file() {
     let mut rig = Server::start("xknockd.yaml", CONFIG, &[]).unwrap();
     let pid = rig.dir.path("pid");
     assert!(pid.exists());
-    let status = rig
-        .daemon
-        .child
-        .signal_and_wait(libc::SIGTERM, WAIT)
-        .expect("daemon exits on SIGTERM");
+    let status = rig.daemon.child.signal_and_wait(libc::SIGTERM, WAIT).expect("daemon exits on SIGTERM");
     assert!(status.success(), "{status:?}");
-    assert!(rig
-        .daemon
-        .output()
-        .iter()
-        .any(|l| l.contains("shutting down")));
+    assert!(rig.daemon.output().iter().any(|l| l.contains("shutting down")));
     assert!(!pid.exists(), "pid file removed");
-    let links = rig
-        .pair
-        .in_ns(
-            &rig.pair.server,
-            &["ip", "link", "show", &rig.pair.server_if],
-        )
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&links.stdout).contains("xdp"),
-        "XDP detached"
-    );
+    let links = rig.pair.in_ns(&rig.pair.server, &["ip", "link", "show", &rig.pair.server_if]).unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("xdp"), "XDP detached");
 }

@@ -11,7 +11,7 @@ use xknock::{
     daemon::{Daemon, RunOptions},
     gate::GateError,
     knocklog::{KnockLog, LogConfig},
-    process::{daemonize, PidFile},
+    process::{daemonize, PidFile, Readiness},
 };
 
 fn main() -> ExitCode {
@@ -39,7 +39,8 @@ fn real_main(args: DaemonArgs) -> Result<ExitCode> {
     if args.check {
         return Ok(match loaded {
             Ok(cfg) => {
-                println!("{}: OK ({} doors)", args.config.display(), cfg.doors.len());
+                let n = cfg.doors.len();
+                println!("{}: OK ({n} door{})", args.config.display(), if n == 1 { "" } else { "s" });
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -64,15 +65,50 @@ fn real_main(args: DaemonArgs) -> Result<ExitCode> {
     };
     let pid_path: PathBuf =
         args.pidfile.clone().or_else(|| cfg.options.pid_file.clone()).unwrap_or(DEFAULT_PIDFILE.into());
-    if args.daemon {
-        daemonize().context("detaching")?;
-    }
-    let _pid =
-        PidFile::create(&pid_path).with_context(|| format!("writing pid file {}", pid_path.display()))?;
-    let log = Arc::new(KnockLog::open(log_cfg).context("opening the log file")?);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async { Daemon::start(cfg, opts, log)?.run().await })?;
+    let ready = if args.daemon { Some(daemonize().context("detaching")?) } else { None };
+    serve(cfg, opts, log_cfg, &pid_path, ready)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Start-up, then the event loop. With `-d` the starting process learns the
+/// start-up outcome through `ready`.
+fn serve(
+    cfg: Config,
+    opts: RunOptions,
+    log_cfg: LogConfig,
+    pid_path: &std::path::Path,
+    ready: Option<Readiness>,
+) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Inside the runtime: the daemon's command runner binds to it.
+    match rt.block_on(async { start_up(cfg, opts, log_cfg, pid_path) }) {
+        Ok((_pid, daemon)) => {
+            if let Some(r) = ready {
+                r.ready();
+            }
+            rt.block_on(daemon.run())
+        }
+        Err(e) => {
+            if let Some(r) = ready {
+                r.failed(&format!("{e:#}"));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Pid file, log, XDP program and gates. A fatal error also goes to the log.
+fn start_up(
+    cfg: Config,
+    opts: RunOptions,
+    log_cfg: LogConfig,
+    pid_path: &std::path::Path,
+) -> Result<(PidFile, Daemon)> {
+    let pid =
+        PidFile::create(pid_path).with_context(|| format!("writing pid file {}", pid_path.display()))?;
+    let log = Arc::new(KnockLog::open(log_cfg).context("opening the log file")?);
+    let daemon = Daemon::start(cfg, opts, log.clone()).inspect_err(|e| log.line(&format!("fatal: {e:#}")))?;
+    Ok((pid, daemon))
 }
 
 /// `--flush` works without a readable config: it then uses the defaults.

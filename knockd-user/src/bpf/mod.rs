@@ -29,11 +29,11 @@ pub enum BpfError {
     Load(#[from] EbpfError),
     #[error("XDP program: {0}")]
     Program(#[from] ProgramError),
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map { name: &'static str, source: MapError },
     #[error("map {0} missing from the XDP object")]
     MissingMap(&'static str),
-    #[error("attaching to {iface}: {source}")]
+    #[error("attaching to {iface}")]
     Attach { iface: String, source: ProgramError },
     #[error("pinning in {path}: {why}")]
     Pin { path: PathBuf, why: String },

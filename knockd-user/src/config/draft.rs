@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use super::{
     error::ConfigError,
     model::{
-        Backend, Door, Options, TcpFlags, DEFAULT_BPFFS_DIR, DEFAULT_CMD_TIMEOUT,
-        DEFAULT_MAX_SOURCES, DEFAULT_SEQ_TIMEOUT,
+        Backend, Door, Options, TcpFlags, DEFAULT_BPFFS_DIR, DEFAULT_CMD_TIMEOUT, DEFAULT_MAX_SOURCES,
+        DEFAULT_SEQ_TIMEOUT,
     },
 };
 
@@ -35,15 +35,11 @@ pub(crate) struct DoorLines {
 
 impl DoorLines {
     pub fn new(header: Option<usize>) -> Self {
-        DoorLines {
-            header,
-            keys: Vec::new(),
-        }
+        DoorLines { header, keys: Vec::new() }
     }
 
     pub fn set(&mut self, canonical: &str, written: &str, line: usize) {
-        self.keys
-            .push((canonical.to_string(), written.to_string(), line));
+        self.keys.push((canonical.to_string(), written.to_string(), line));
     }
 
     /// First line that set `canonical`, with the spelling used there.
@@ -73,11 +69,7 @@ impl DraftDoor {
             open: None,
             stealth: None,
         };
-        DraftDoor {
-            door,
-            sequence_given: false,
-            lines: DoorLines::new(header),
-        }
+        DraftDoor { door, sequence_given: false, lines: DoorLines::new(header) }
     }
 
     /// An error about `key` of this door: at the key's line when it was written,

@@ -7,8 +7,7 @@ use std::{fmt::Write, path::Path, time::Duration};
 
 use super::{
     model::{
-        Config, Door, OpenAction, Options, Step, DEFAULT_BPFFS_DIR, DEFAULT_CMD_TIMEOUT,
-        DEFAULT_MAX_SOURCES,
+        Config, Door, OpenAction, Options, Step, DEFAULT_BPFFS_DIR, DEFAULT_CMD_TIMEOUT, DEFAULT_MAX_SOURCES,
     },
     values::{backend_name, format_tcp_flags},
 };
@@ -30,12 +29,7 @@ fn emit_options(out: &mut String, options: &Options) {
     match options.interfaces.as_slice() {
         [] => {}
         [one] => line(&mut body, 2, "interface", &quote(one)),
-        many => line(
-            &mut body,
-            2,
-            "interface",
-            &list(many.iter().map(|i| quote(i))),
-        ),
+        many => line(&mut body, 2, "interface", &list(many.iter().map(|i| quote(i)))),
     }
     if let Some(log_file) = &options.log_file {
         line(&mut body, 2, "log_file", &quote_path(log_file));
@@ -47,20 +41,10 @@ fn emit_options(out: &mut String, options: &Options) {
         line(&mut body, 2, "pid_file", &quote_path(pid_file));
     }
     if options.max_sources != DEFAULT_MAX_SOURCES {
-        line(
-            &mut body,
-            2,
-            "max_sources",
-            &options.max_sources.to_string(),
-        );
+        line(&mut body, 2, "max_sources", &options.max_sources.to_string());
     }
     if options.default_backend != super::model::Backend::Nftables {
-        line(
-            &mut body,
-            2,
-            "backend",
-            backend_name(options.default_backend),
-        );
+        line(&mut body, 2, "backend", backend_name(options.default_backend));
     }
     if options.stealth {
         line(&mut body, 2, "stealth", "true");
@@ -84,12 +68,7 @@ fn emit_door(out: &mut String, door: &Door) {
     }
     line(out, 4, "seq_timeout", &duration(door.seq_timeout));
     if door.tcp_flags != Default::default() {
-        line(
-            out,
-            4,
-            "tcp_flags",
-            &quote(&format_tcp_flags(door.tcp_flags)),
-        );
+        line(out, 4, "tcp_flags", &quote(&format_tcp_flags(door.tcp_flags)));
     }
     if let Some(target) = door.target {
         line(out, 4, "target", &quote(&target.to_string()));
@@ -146,15 +125,10 @@ fn list(items: impl Iterator<Item = String>) -> String {
 /// Whole seconds as an integer, else the largest unit that is exact.
 fn duration(d: Duration) -> String {
     let nanos = d.as_nanos();
-    let (unit, size) = [
-        ("s", 1_000_000_000),
-        ("ms", 1_000_000),
-        ("us", 1_000),
-        ("ns", 1),
-    ]
-    .into_iter()
-    .find(|(_, size)| nanos.is_multiple_of(*size))
-    .expect("1 divides everything");
+    let (unit, size) = [("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000), ("ns", 1)]
+        .into_iter()
+        .find(|(_, size)| nanos.is_multiple_of(*size))
+        .expect("1 divides everything");
     match unit {
         "s" => (nanos / size).to_string(),
         _ => quote(&format!("{}{unit}", nanos / size)),
@@ -186,13 +160,9 @@ fn quote(text: &str) -> String {
 
 /// Door names stay bare when YAML cannot misread them, else they are quoted.
 fn key(name: &str) -> String {
-    const RESERVED: [&str; 11] = [
-        "true", "false", "null", "yes", "no", "on", "off", "y", "n", "~", "<<",
-    ];
+    const RESERVED: [&str; 11] = ["true", "false", "null", "yes", "no", "on", "off", "y", "n", "~", "<<"];
     let mut chars = name.chars();
-    let plain = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    let plain = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         && !RESERVED.contains(&name.to_ascii_lowercase().as_str());
     if plain {

@@ -19,12 +19,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(path: &Path, line: Option<usize>, message: impl Into<String>) -> Self {
-        ConfigError {
-            path: path.to_path_buf(),
-            line,
-            key: None,
-            message: message.into(),
-        }
+        ConfigError { path: path.to_path_buf(), line, key: None, message: message.into() }
     }
 
     pub fn with_key(mut self, key: impl Into<String>) -> Self {
@@ -62,10 +57,7 @@ pub(crate) fn unknown_key_message<'a>(
 
 /// The candidate nearest to `word` by edit distance (case-insensitive), if it is close
 /// enough to be a plausible typo rather than a different word.
-pub(crate) fn did_you_mean<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub(crate) fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let word = word.to_ascii_lowercase();
     candidates
         .into_iter()
@@ -96,16 +88,9 @@ mod tests {
 
     #[test]
     fn display_has_path_line_key_message() {
-        let err = ConfigError::new(
-            Path::new("/etc/knockd.conf"),
-            Some(12),
-            "port 70000 is outside 1-65535",
-        )
-        .with_key("sequence");
-        assert_eq!(
-            err.to_string(),
-            "/etc/knockd.conf:12: key `sequence`: port 70000 is outside 1-65535"
-        );
+        let err = ConfigError::new(Path::new("/etc/knockd.conf"), Some(12), "port 70000 is outside 1-65535")
+            .with_key("sequence");
+        assert_eq!(err.to_string(), "/etc/knockd.conf:12: key `sequence`: port 70000 is outside 1-65535");
     }
 
     #[test]

@@ -47,11 +47,7 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Draft, ConfigError> {
     for (index, raw) in text.lines().enumerate() {
         parser.line(index + 1, raw)?;
     }
-    Ok(Draft {
-        options: parser.options,
-        doors: parser.doors,
-        doors_line: None,
-    })
+    Ok(Draft { options: parser.options, doors: parser.doors, doors_line: None })
 }
 
 enum Section {
@@ -76,15 +72,10 @@ fn trim(text: &str) -> &str {
 }
 
 fn canonical(table: &[(&str, &'static str)], key: &str) -> Option<&'static str> {
-    table
-        .iter()
-        .find(|(spelling, _)| spelling.eq_ignore_ascii_case(key))
-        .map(|(_, canonical)| *canonical)
+    table.iter().find(|(spelling, _)| spelling.eq_ignore_ascii_case(key)).map(|(_, canonical)| *canonical)
 }
 
-fn spellings(
-    table: &'static [(&'static str, &'static str)],
-) -> impl Iterator<Item = &'static str> + Clone {
+fn spellings(table: &'static [(&'static str, &'static str)]) -> impl Iterator<Item = &'static str> + Clone {
     table.iter().map(|(spelling, _)| *spelling)
 }
 
@@ -154,29 +145,14 @@ impl Parser<'_> {
 
     fn use_syslog(&mut self, no: usize, key: &str, value: Option<&str>) -> Result<(), ConfigError> {
         if value.is_some() {
-            return Err(self.error(
-                no,
-                Some(key),
-                "UseSyslog takes no value (write just `UseSyslog`)",
-            ));
+            return Err(self.error(no, Some(key), "UseSyslog takes no value (write just `UseSyslog`)"));
         }
         self.options.use_syslog = true;
         Ok(())
     }
 
-    fn value<'v>(
-        &self,
-        no: usize,
-        key: &str,
-        value: Option<&'v str>,
-    ) -> Result<&'v str, ConfigError> {
-        value.ok_or_else(|| {
-            self.error(
-                no,
-                Some(key),
-                format!("`{key}` needs a value (`{key} = ...`)"),
-            )
-        })
+    fn value<'v>(&self, no: usize, key: &str, value: Option<&'v str>) -> Result<&'v str, ConfigError> {
+        value.ok_or_else(|| self.error(no, Some(key), format!("`{key}` needs a value (`{key} = ...`)")))
     }
 
     fn option(&mut self, no: usize, key: &str, value: Option<&str>) -> Result<(), ConfigError> {

@@ -37,11 +37,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let Some(format) = detect_format(text) else {
-        return Err(ConfigError::new(
-            path,
-            None,
-            "the file is empty: no doors defined",
-        ));
+        return Err(ConfigError::new(path, None, "the file is empty: no doors defined"));
     };
     let mut draft = match format {
         Format::KnockdConf => knockd_conf::parse(text, path)?,
@@ -60,13 +56,6 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
 /// knockd.conf if the first line that is neither blank nor a `#` comment opens a
 /// `[section]`, else YAML; `None` if there is no such line.
 pub fn detect_format(text: &str) -> Option<Format> {
-    let first = text
-        .lines()
-        .map(str::trim_start)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))?;
-    Some(if first.starts_with('[') {
-        Format::KnockdConf
-    } else {
-        Format::Yaml
-    })
+    let first = text.lines().map(str::trim_start).find(|l| !l.is_empty() && !l.starts_with('#'))?;
+    Some(if first.starts_with('[') { Format::KnockdConf } else { Format::Yaml })
 }

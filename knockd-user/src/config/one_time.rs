@@ -43,11 +43,7 @@ pub struct InvalidLine {
 impl OneTimeFile {
     pub fn open(path: &Path) -> io::Result<Self> {
         let bytes = fs::read(path)?;
-        let mut file = OneTimeFile {
-            path: path.to_path_buf(),
-            active: None,
-            invalid: Vec::new(),
-        };
+        let mut file = OneTimeFile { path: path.to_path_buf(), active: None, invalid: Vec::new() };
         file.rescan(&bytes);
         Ok(file)
     }
@@ -58,9 +54,7 @@ impl OneTimeFile {
 
     /// (1-based line number, byte offset of the line's start, its sequence).
     pub fn active(&self) -> Option<(usize, u64, Vec<Step>)> {
-        self.active
-            .as_ref()
-            .map(|a| (a.line_no, a.offset, a.steps.clone()))
+        self.active.as_ref().map(|a| (a.line_no, a.offset, a.steps.clone()))
     }
 
     /// Live lines that failed to parse, as of the last read of the file.
@@ -96,13 +90,8 @@ impl OneTimeFile {
         for line in lines(bytes) {
             match live_sequence(line.raw) {
                 None => {}
-                Some(Err(message)) => self.invalid.push(InvalidLine {
-                    line_no: line.line_no,
-                    message,
-                }),
-                Some(Ok(steps)) if self.active.is_none() => {
-                    self.active = Some(line.into_active(steps))
-                }
+                Some(Err(message)) => self.invalid.push(InvalidLine { line_no: line.line_no, message }),
+                Some(Ok(steps)) if self.active.is_none() => self.active = Some(line.into_active(steps)),
                 Some(Ok(_)) => {}
             }
         }
@@ -140,12 +129,7 @@ struct Line<'a> {
 
 impl Line<'_> {
     fn into_active(self, steps: Vec<Step>) -> ActiveLine {
-        ActiveLine {
-            line_no: self.line_no,
-            offset: self.offset as u64,
-            raw: self.raw.to_vec(),
-            steps,
-        }
+        ActiveLine { line_no: self.line_no, offset: self.offset as u64, raw: self.raw.to_vec(), steps }
     }
 }
 
@@ -155,11 +139,7 @@ fn lines(bytes: &[u8]) -> impl Iterator<Item = Line<'_>> {
         .split(|b| *b == b'\n')
         .enumerate()
         .map(move |(index, raw)| {
-            let line = Line {
-                line_no: index + 1,
-                offset,
-                raw,
-            };
+            let line = Line { line_no: index + 1, offset, raw };
             offset += raw.len() + 1;
             line
         })
@@ -194,17 +174,11 @@ pub(crate) fn load_sequences(draft: &mut Draft, config_path: &Path) -> Result<()
         // Absolute, so rotations still find the file if the daemon changes directory.
         let file_path = std::path::absolute(&file_path).unwrap_or(file_path);
         let file = OneTimeFile::open(&file_path).map_err(|e| {
-            let message = format!(
-                "cannot read one-time sequences file {}: {e}",
-                file_path.display()
-            );
+            let message = format!("cannot read one-time sequences file {}: {e}", file_path.display());
             door.error(config_path, "one_time_sequences", message)
         })?;
         let Some((_, _, steps)) = file.active() else {
-            let message = format!(
-                "no sequence left in one-time sequences file {}",
-                file_path.display()
-            );
+            let message = format!("no sequence left in one-time sequences file {}", file_path.display());
             return Err(door.error(config_path, "one_time_sequences", message));
         };
         door.door.sequence = steps;

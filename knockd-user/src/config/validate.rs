@@ -5,8 +5,8 @@ use std::path::Path;
 use super::{
     draft::{Draft, DraftDoor},
     error::ConfigError,
-    model::{Proto, Step, TcpFlags},
-    values::check_sequence_len,
+    model::{Backend, OpenAction, Proto, Step, TcpFlags},
+    values::{backend_name, check_sequence_len},
 };
 
 pub(crate) fn validate(draft: &Draft, path: &Path) -> Result<(), ConfigError> {
@@ -18,23 +18,17 @@ pub(crate) fn validate(draft: &Draft, path: &Path) -> Result<(), ConfigError> {
     for door in &draft.doors {
         check_door(door, path)?;
     }
-    check_distinguishable(&draft.doors, path)
+    check_distinguishable(&draft.doors, path)?;
+    check_open_backends(draft, path)
 }
 
 fn check_door(draft: &DraftDoor, path: &Path) -> Result<(), ConfigError> {
     let door = &draft.door;
     if door.name.is_empty() {
-        return Err(ConfigError::new(
-            path,
-            draft.lines.header,
-            "a door needs a name",
-        ));
+        return Err(ConfigError::new(path, draft.lines.header, "a door needs a name"));
     }
     if !draft.sequence_given && door.one_time_sequences.is_none() {
-        let message = format!(
-            "door `{}` has no `sequence` (nor `one_time_sequences`)",
-            door.name
-        );
+        let message = format!("door `{}` has no `sequence` (nor `one_time_sequences`)", door.name);
         return Err(ConfigError::new(path, draft.lines.header, message));
     }
     check_sequence_len(&door.sequence).map_err(|m| draft.error(path, draft.sequence_key(), m))?;
@@ -57,10 +51,7 @@ fn check_door(draft: &DraftDoor, path: &Path) -> Result<(), ConfigError> {
 fn check_unique_names(doors: &[DraftDoor], path: &Path) -> Result<(), ConfigError> {
     for (j, later) in doors.iter().enumerate() {
         if let Some(first) = doors[..j].iter().find(|d| d.door.name == later.door.name) {
-            let first_line = first
-                .lines
-                .header
-                .map_or(String::new(), |l| format!(" on line {l}"));
+            let first_line = first.lines.header.map_or(String::new(), |l| format!(" on line {l}"));
             let message = format!("door `{}` is already defined{first_line}", later.door.name);
             return Err(ConfigError::new(path, later.lines.header, message));
         }
@@ -103,6 +94,41 @@ fn conflict(a: &DraftDoor, b: &DraftDoor) -> Option<String> {
     })
 }
 
+/// A protected port is closed by one mechanism only: were two backends to guard the same
+/// (port, proto), a window opened by one would still be refused by the other. Doors that
+/// share a port through the same backend are fine (each knock opens its own window).
+fn check_open_backends(draft: &Draft, path: &Path) -> Result<(), ConfigError> {
+    let default = draft.options.default_backend;
+    let gate = |d| door_gate(d, default);
+    for (j, later) in draft.doors.iter().enumerate() {
+        let Some((open, backend)) = gate(later) else {
+            continue;
+        };
+        for earlier in &draft.doors[..j] {
+            let Some((other_open, other)) = gate(earlier).filter(|(_, b)| *b != backend) else {
+                continue;
+            };
+            if let Some(port) = open.ports.iter().find(|p| other_open.ports.contains(p)) {
+                let message = format!(
+                    "door `{}` protects {port} with the {} backend, but door `{}` protects it with {}: a port can be guarded by one backend only",
+                    later.door.name,
+                    backend_name(backend),
+                    earlier.door.name,
+                    backend_name(other),
+                );
+                return Err(later.error(path, "open", message));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A door's `open` action and the backend it uses: its own, else `options.backend`.
+fn door_gate(door: &DraftDoor, default: Backend) -> Option<(&OpenAction, Backend)> {
+    let open = door.door.open.as_ref()?;
+    Some((open, open.backend.unwrap_or(default)))
+}
+
 /// Flags only filter TCP packets, so they cannot tell all-UDP sequences apart.
 fn effective_flags(door: &DraftDoor) -> TcpFlags {
     let has_tcp = door.door.sequence.iter().any(|s| s.proto == Proto::Tcp);
@@ -114,9 +140,5 @@ fn effective_flags(door: &DraftDoor) -> TcpFlags {
 }
 
 fn show(steps: &[Step]) -> String {
-    steps
-        .iter()
-        .map(Step::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
+    steps.iter().map(Step::to_string).collect::<Vec<_>>().join(",")
 }

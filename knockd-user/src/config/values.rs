@@ -53,10 +53,7 @@ pub(crate) fn parse_step(text: &str, separators: &[char]) -> Result<Step, String
         None => Proto::Tcp,
         Some(p) => parse_proto(p, item)?,
     };
-    Ok(Step {
-        port: parse_port(port)?,
-        proto,
-    })
+    Ok(Step { port: parse_port(port)?, proto })
 }
 
 fn parse_proto(text: &str, item: &str) -> Result<Proto, String> {
@@ -65,10 +62,7 @@ fn parse_proto(text: &str, item: &str) -> Result<Proto, String> {
     match text.trim().to_ascii_lowercase().as_str() {
         "tcp" => Ok(Proto::Tcp),
         "udp" => Ok(Proto::Udp),
-        _ => Err(format!(
-            "unknown protocol `{}` in `{item}` (use tcp or udp)",
-            text.trim()
-        )),
+        _ => Err(format!("unknown protocol `{}` in `{item}` (use tcp or udp)", text.trim())),
     }
 }
 
@@ -77,10 +71,8 @@ pub(crate) fn parse_sequence(text: &str) -> Result<Vec<Step>, String> {
     if text.trim().is_empty() {
         return Err("the sequence is empty".to_string());
     }
-    let steps = text
-        .split(',')
-        .map(|item| parse_step(item, SEQUENCE_SEPARATORS))
-        .collect::<Result<Vec<_>, _>>()?;
+    let steps =
+        text.split(',').map(|item| parse_step(item, SEQUENCE_SEPARATORS)).collect::<Result<Vec<_>, _>>()?;
     check_sequence_len(&steps)?;
     Ok(steps)
 }
@@ -89,9 +81,9 @@ pub(crate) fn parse_sequence(text: &str) -> Result<Vec<Step>, String> {
 pub(crate) fn check_sequence_len(steps: &[Step]) -> Result<(), String> {
     match steps.len() {
         0 => Err("the sequence is empty".to_string()),
-        n if n > MAX_SEQUENCE_LEN => Err(format!(
-            "the sequence has {n} steps; at most {MAX_SEQUENCE_LEN} are allowed"
-        )),
+        n if n > MAX_SEQUENCE_LEN => {
+            Err(format!("the sequence has {n} steps; at most {MAX_SEQUENCE_LEN} are allowed"))
+        }
         _ => Ok(()),
     }
 }
@@ -112,10 +104,7 @@ pub(crate) fn parse_tcp_flags(text: &str) -> Result<TcpFlags, String> {
             flags.must_set |= bit;
         }
         if flags.must_set & flags.must_clear != 0 {
-            return Err(format!(
-                "tcp flag `{}` is both required and forbidden",
-                name.to_ascii_lowercase()
-            ));
+            return Err(format!("tcp flag `{}` is both required and forbidden", name.to_ascii_lowercase()));
         }
     }
     Ok(flags)
@@ -165,10 +154,7 @@ fn cap(nanos: u128, text: &str) -> Result<Duration, String> {
         return Err(format!("`{text}` is too long (at most 365 days)"));
     }
     // Below the cap, so the seconds fit in a u64 and the remainder in a u32.
-    Ok(Duration::new(
-        (nanos / 1_000_000_000) as u64,
-        (nanos % 1_000_000_000) as u32,
-    ))
+    Ok(Duration::new((nanos / 1_000_000_000) as u64, (nanos % 1_000_000_000) as u32))
 }
 
 /// A whole number of seconds from a YAML integer.
@@ -183,13 +169,10 @@ pub(crate) fn seconds_from_int(n: i128) -> Result<Duration, String> {
 /// that `to_yaml` can write any `Duration` back exactly.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let digits_end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(digits_end);
-    let bad = || {
-        format!("`{text}` is not a duration (use seconds, or a whole number with ns, us, ms, s, m or h)")
-    };
+    let bad =
+        || format!("`{text}` is not a duration (use seconds, or a whole number with ns, us, ms, s, m or h)");
     if number.is_empty() {
         return Err(bad());
     }
@@ -210,8 +193,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 /// literal address ever worked; a hostname is refused instead of never matching.
 pub(crate) fn parse_target(text: &str) -> Result<IpAddr, String> {
     let text = text.trim();
-    text.parse()
-        .map_err(|_| format!("`{text}` is not an IP address"))
+    text.parse().map_err(|_| format!("`{text}` is not an IP address"))
 }
 
 /// A network interface name as Linux accepts it (see dev_valid_name()).
@@ -230,10 +212,7 @@ pub(crate) fn parse_backend(text: &str) -> Result<Backend, String> {
         "nftables" => Ok(Backend::Nftables),
         "iptables" => Ok(Backend::Iptables),
         "xdp" => Ok(Backend::Xdp),
-        _ => Err(format!(
-            "unknown backend `{}` (use nftables, iptables or xdp)",
-            text.trim()
-        )),
+        _ => Err(format!("unknown backend `{}` (use nftables, iptables or xdp)", text.trim())),
     }
 }
 
@@ -250,19 +229,13 @@ mod tests {
     use super::*;
 
     fn tcp(port: u16) -> Step {
-        Step {
-            port,
-            proto: Proto::Tcp,
-        }
+        Step { port, proto: Proto::Tcp }
     }
 
     #[test]
     fn steps() {
         assert_eq!(parse_step(" 7000 ", SEQUENCE_SEPARATORS), Ok(tcp(7000)));
-        let udp = Step {
-            port: 53,
-            proto: Proto::Udp,
-        };
+        let udp = Step { port: 53, proto: Proto::Udp };
         assert_eq!(parse_step("53:UDP", SEQUENCE_SEPARATORS), Ok(udp));
         assert_eq!(parse_step("53 : udp", SEQUENCE_SEPARATORS), Ok(udp));
         assert_eq!(parse_step("53/udp", OPEN_PORT_SEPARATORS), Ok(udp));
@@ -280,69 +253,39 @@ mod tests {
     #[test]
     fn ports() {
         assert_eq!(parse_port("65535"), Ok(65535));
-        assert_eq!(
-            parse_port("70000"),
-            Err("port 70000 is outside 1-65535".into())
-        );
+        assert_eq!(parse_port("70000"), Err("port 70000 is outside 1-65535".into()));
         assert_eq!(parse_port("0"), Err("port 0 is outside 1-65535".into()));
         assert_eq!(
             parse_port("99999999999999999999999999999999999999999"),
             Err("port 99999999999999999999999999999999999999999 is outside 1-65535".into())
         );
-        assert_eq!(
-            parse_port("70a0"),
-            Err("`70a0` is not a port number".into())
-        );
+        assert_eq!(parse_port("70a0"), Err("`70a0` is not a port number".into()));
         assert_eq!(parse_port("+80"), Err("`+80` is not a port number".into()));
         assert_eq!(check_port(-5), Err("port -5 is outside 1-65535".into()));
     }
 
     #[test]
     fn sequences() {
-        assert_eq!(
-            parse_sequence("7000, 8000 ,9000"),
-            Ok(vec![tcp(7000), tcp(8000), tcp(9000)])
-        );
-        assert_eq!(
-            parse_sequence("7000,"),
-            Err("empty item in the sequence (a stray comma?)".into())
-        );
+        assert_eq!(parse_sequence("7000, 8000 ,9000"), Ok(vec![tcp(7000), tcp(8000), tcp(9000)]));
+        assert_eq!(parse_sequence("7000,"), Err("empty item in the sequence (a stray comma?)".into()));
         assert_eq!(parse_sequence("  "), Err("the sequence is empty".into()));
         let long = vec!["1"; 33].join(",");
-        assert_eq!(
-            parse_sequence(&long),
-            Err("the sequence has 33 steps; at most 32 are allowed".into())
-        );
-        assert_eq!(
-            parse_sequence(&vec!["1"; 32].join(",")).map(|s| s.len()),
-            Ok(32)
-        );
+        assert_eq!(parse_sequence(&long), Err("the sequence has 33 steps; at most 32 are allowed".into()));
+        assert_eq!(parse_sequence(&vec!["1"; 32].join(",")).map(|s| s.len()), Ok(32));
     }
 
     #[test]
     fn flags() {
         let f = parse_tcp_flags("SYN, !ack").unwrap();
-        assert_eq!(
-            f,
-            TcpFlags {
-                must_set: tcp_flag::SYN,
-                must_clear: tcp_flag::ACK
-            }
-        );
+        assert_eq!(f, TcpFlags { must_set: tcp_flag::SYN, must_clear: tcp_flag::ACK });
         assert_eq!(format_tcp_flags(f), "syn,!ack");
         assert_eq!(parse_tcp_flags("syn,syn").unwrap().must_set, tcp_flag::SYN);
-        assert_eq!(
-            parse_tcp_flags("syn,!syn"),
-            Err("tcp flag `syn` is both required and forbidden".into())
-        );
+        assert_eq!(parse_tcp_flags("syn,!syn"), Err("tcp flag `syn` is both required and forbidden".into()));
         assert_eq!(
             parse_tcp_flags("syn,sin"),
             Err("unknown tcp flag `sin` (valid: fin, syn, rst, psh, ack, urg)".into())
         );
-        assert_eq!(
-            parse_tcp_flags(""),
-            Err("empty tcp flag (a stray comma?)".into())
-        );
+        assert_eq!(parse_tcp_flags(""), Err("empty tcp flag (a stray comma?)".into()));
         let all = parse_tcp_flags("fin,syn,rst,psh,ack,urg").unwrap();
         assert_eq!(all.must_set, 0x3f);
     }
@@ -371,10 +314,7 @@ mod tests {
         assert_eq!(seconds_from_int(5), Ok(Duration::from_secs(5)));
         assert_eq!(seconds_from_int(-1), Err("duration -1 is negative".into()));
         assert_eq!(parse_seconds(" 5 "), Ok(Duration::from_secs(5)));
-        assert_eq!(
-            parse_seconds("5s"),
-            Err("`5s` is not a whole number of seconds".into())
-        );
+        assert_eq!(parse_seconds("5s"), Err("`5s` is not a whole number of seconds".into()));
     }
 
     #[test]
@@ -384,23 +324,14 @@ mod tests {
         assert!(parse_interface("averyveryverylongname").is_err());
         assert!(parse_interface("").is_err());
         assert_eq!(parse_backend("XDP"), Ok(Backend::Xdp));
-        assert_eq!(
-            parse_backend("pf"),
-            Err("unknown backend `pf` (use nftables, iptables or xdp)".into())
-        );
+        assert_eq!(parse_backend("pf"), Err("unknown backend `pf` (use nftables, iptables or xdp)".into()));
         assert_eq!(backend_name(Backend::Iptables), "iptables");
     }
 
     #[test]
     fn targets() {
         assert_eq!(parse_target("192.0.2.1").unwrap().to_string(), "192.0.2.1");
-        assert_eq!(
-            parse_target("2001:db8::1").unwrap().to_string(),
-            "2001:db8::1"
-        );
-        assert_eq!(
-            parse_target("example.com"),
-            Err("`example.com` is not an IP address".into())
-        );
+        assert_eq!(parse_target("2001:db8::1").unwrap().to_string(), "2001:db8::1");
+        assert_eq!(parse_target("example.com"), Err("`example.com` is not an IP address".into()));
     }
 }

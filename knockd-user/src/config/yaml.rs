@@ -9,8 +9,8 @@ use super::{
     error::{unknown_key_message, ConfigError},
     model::{OpenAction, Options},
     yaml_de::{
-        BackendDe, DurationDe, InterfacesDe, MaxSourcesDe, OpenPortDe, OrderedMap, SequenceDe,
-        TargetDe, TcpFlagsDe, MARK,
+        BackendDe, DurationDe, InterfacesDe, MaxSourcesDe, OpenPortDe, OrderedMap, SequenceDe, TargetDe,
+        TcpFlagsDe, MARK,
     },
     yaml_lines::KeyLines,
 };
@@ -73,10 +73,7 @@ struct RawDoor {
 }
 
 #[derive(Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a map with `ports`, `duration` and `backend`"
-)]
+#[serde(deny_unknown_fields, expecting = "a map with `ports`, `duration` and `backend`")]
 struct RawOpen {
     ports: Option<Vec<OpenPortDe>>,
     duration: Option<DurationDe>,
@@ -95,11 +92,7 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Draft, ConfigError> {
         let draft = convert_door(&name, header, raw_door.unwrap_or_default(), &lines, path)?;
         doors.push(draft);
     }
-    Ok(Draft {
-        options,
-        doors,
-        doors_line: lines.line(&["doors"]),
-    })
+    Ok(Draft { options, doors, doors_line: lines.line(&["doors"]) })
 }
 
 fn convert_options(raw: RawOptions) -> Options {
@@ -157,11 +150,7 @@ fn convert_open(raw: RawOpen, draft: &DraftDoor, path: &Path) -> Result<OpenActi
         return Err(draft.error(path, "open", "`open` needs `ports` (the ports to open)"));
     };
     let Some(DurationDe(duration)) = raw.duration else {
-        return Err(draft.error(
-            path,
-            "open",
-            "`open` needs a `duration` (how long to keep them open)",
-        ));
+        return Err(draft.error(path, "open", "`open` needs a `duration` (how long to keep them open)"));
     };
     Ok(OpenAction {
         ports: ports.into_iter().map(|p| p.0).collect(),
@@ -196,11 +185,7 @@ fn serde_error(err: &serde_yaml::Error, lines: &KeyLines, path: &Path) -> Config
     let mut text = err.to_string();
     if let Some(loc) = &location {
         // libyaml puts the location mid-message, serde errors at the end.
-        text = text.replacen(
-            &format!(" at line {} column {}", loc.line(), loc.column()),
-            "",
-            1,
-        );
+        text = text.replacen(&format!(" at line {} column {}", loc.line(), loc.column()), "", 1);
     }
     let (yaml_path, message) = split_path(&text);
     let line = location.map(|l| l.line());
@@ -236,10 +221,7 @@ fn split_path(text: &str) -> (&str, &str) {
         "duplicate field",
         "unknown variant",
     ];
-    let split = SERDE_PREFIXES
-        .iter()
-        .filter_map(|prefix| text.find(&format!(": {prefix}")))
-        .min();
+    let split = SERDE_PREFIXES.iter().filter_map(|prefix| text.find(&format!(": {prefix}"))).min();
     match split {
         Some(i) => (&text[..i], &text[i + 2..]),
         None => ("", text),
@@ -276,20 +258,14 @@ fn key_from_path(yaml_path: &str) -> Option<String> {
 /// serde reports a repeated key at the start of its block; find the repeat itself.
 fn duplicate_line(lines: &KeyLines, yaml_path: &str, field: &str) -> Option<usize> {
     let second = |block: &[&str]| {
-        lines
-            .children(block)
-            .filter(|(key, _)| canonical_key(key) == field)
-            .nth(1)
-            .map(|(_, line)| line)
+        lines.children(block).filter(|(key, _)| canonical_key(key) == field).nth(1).map(|(_, line)| line)
     };
     match yaml_path {
         "" | "." => second(&[]),
         "options" => second(&["options"]),
         _ => {
             let door = yaml_path.strip_prefix("doors.")?;
-            let in_open = door
-                .strip_suffix(".open")
-                .and_then(|d| second(&["doors", d, "open"]));
+            let in_open = door.strip_suffix(".open").and_then(|d| second(&["doors", d, "open"]));
             in_open.or_else(|| second(&["doors", door]))
         }
     }
@@ -301,19 +277,10 @@ mod tests {
 
     #[test]
     fn paths_to_keys() {
-        assert_eq!(
-            key_from_path("doors.a.sequence[3]").as_deref(),
-            Some("sequence")
-        );
-        assert_eq!(
-            key_from_path("doors.a.b.open.ports[0]").as_deref(),
-            Some("open.ports")
-        );
+        assert_eq!(key_from_path("doors.a.sequence[3]").as_deref(), Some("sequence"));
+        assert_eq!(key_from_path("doors.a.b.open.ports[0]").as_deref(), Some("open.ports"));
         assert_eq!(key_from_path("doors.open.duration").as_deref(), None);
-        assert_eq!(
-            key_from_path("options.interface[1]").as_deref(),
-            Some("interface")
-        );
+        assert_eq!(key_from_path("options.interface[1]").as_deref(), Some("interface"));
         assert_eq!(key_from_path("doors.a").as_deref(), None);
         assert_eq!(key_from_path("").as_deref(), None);
     }
@@ -325,10 +292,7 @@ mod tests {
             ("doors.a: b.seq", "invalid type: string \"x\", expected u64")
         );
         let ours = format!("doors.a.sequence[1]: {MARK}port 0 is outside 1-65535");
-        assert_eq!(
-            split_path(&ours),
-            ("doors.a.sequence[1]", "port 0 is outside 1-65535")
-        );
+        assert_eq!(split_path(&ours), ("doors.a.sequence[1]", "port 0 is outside 1-65535"));
         assert_eq!(split_path("unknown field `x`"), ("", "unknown field `x`"));
     }
 }

@@ -11,8 +11,8 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use super::{
     model::{Backend, Proto, Step, TcpFlags},
     values::{
-        check_port, parse_backend, parse_duration, parse_interface, parse_sequence, parse_step,
-        parse_target, parse_tcp_flags, seconds_from_int, OPEN_PORT_SEPARATORS, SEQUENCE_SEPARATORS,
+        check_port, parse_backend, parse_duration, parse_interface, parse_sequence, parse_step, parse_target,
+        parse_tcp_flags, seconds_from_int, OPEN_PORT_SEPARATORS, SEQUENCE_SEPARATORS,
     },
 };
 
@@ -69,10 +69,7 @@ impl<T> Visitor<'_> for Scalar<T> {
 }
 
 fn tcp_port(n: i128) -> Result<Step, String> {
-    check_port(n).map(|port| Step {
-        port,
-        proto: Proto::Tcp,
-    })
+    check_port(n).map(|port| Step { port, proto: Proto::Tcp })
 }
 
 /// Declares a newtype that deserializes through a `Scalar`.
@@ -82,31 +79,21 @@ macro_rules! scalar_type {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let visitor = Scalar {
-                    expecting: $expecting,
-                    from_int: $from_int,
-                    from_str: $from_str,
-                };
+                let visitor = Scalar { expecting: $expecting, from_int: $from_int, from_str: $from_str };
                 d.deserialize_any(visitor).map($name)
             }
         }
     };
 }
 
-scalar_type!(
-    StepDe,
-    Step,
-    "a knock step like 7000 or \"7000:udp\"",
-    Some(tcp_port),
-    |s| parse_step(s, SEQUENCE_SEPARATORS)
-);
-scalar_type!(
-    OpenPortDe,
-    Step,
-    "a port like 22, \"22/tcp\" or \"53:udp\"",
-    Some(tcp_port),
-    |s| parse_step(s, OPEN_PORT_SEPARATORS)
-);
+scalar_type!(StepDe, Step, "a knock step like 7000 or \"7000:udp\"", Some(tcp_port), |s| parse_step(
+    s,
+    SEQUENCE_SEPARATORS
+));
+scalar_type!(OpenPortDe, Step, "a port like 22, \"22/tcp\" or \"53:udp\"", Some(tcp_port), |s| parse_step(
+    s,
+    OPEN_PORT_SEPARATORS
+));
 scalar_type!(
     DurationDe,
     Duration,
@@ -114,39 +101,15 @@ scalar_type!(
     Some(seconds_from_int),
     parse_duration
 );
-scalar_type!(
-    TcpFlagsDe,
-    TcpFlags,
-    "tcp flags like \"syn,!ack\"",
-    None,
-    parse_tcp_flags
-);
+scalar_type!(TcpFlagsDe, TcpFlags, "tcp flags like \"syn,!ack\"", None, parse_tcp_flags);
 scalar_type!(TargetDe, IpAddr, "an IP address", None, parse_target);
-scalar_type!(
-    BackendDe,
-    Backend,
-    "nftables, iptables or xdp",
-    None,
-    parse_backend
-);
-scalar_type!(
-    InterfaceDe,
-    String,
-    "an interface name",
-    None,
-    parse_interface
-);
-scalar_type!(
-    MaxSourcesDe,
-    usize,
-    "a number of sources (at least 1)",
-    Some(max_sources),
-    |s| s
-        .trim()
-        .parse::<i128>()
-        .map_err(|_| format!("`{s}` is not a number"))
-        .and_then(max_sources)
-);
+scalar_type!(BackendDe, Backend, "nftables, iptables or xdp", None, parse_backend);
+scalar_type!(InterfaceDe, String, "an interface name", None, parse_interface);
+scalar_type!(MaxSourcesDe, usize, "a number of sources (at least 1)", Some(max_sources), |s| s
+    .trim()
+    .parse::<i128>()
+    .map_err(|_| format!("`{s}` is not a number"))
+    .and_then(max_sources));
 
 fn max_sources(n: i128) -> Result<usize, String> {
     match usize::try_from(n) {
@@ -231,8 +194,7 @@ pub(super) struct OrderedMap<T>(pub Vec<(String, T)>);
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for OrderedMap<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(OrderedMapVisitor(std::marker::PhantomData))
-            .map(OrderedMap)
+        d.deserialize_map(OrderedMapVisitor(std::marker::PhantomData)).map(OrderedMap)
     }
 }
 

@@ -44,10 +44,7 @@ impl KeyLines {
                 stack.pop();
             }
             stack.push((indent, key));
-            entries.push(Entry {
-                path: stack.iter().map(|(_, k)| k.clone()).collect(),
-                line: index + 1,
-            });
+            entries.push(Entry { path: stack.iter().map(|(_, k)| k.clone()).collect(), line: index + 1 });
             if rest.trim_start().starts_with(['|', '>']) {
                 block_scalar = Some(indent);
             }
@@ -70,19 +67,12 @@ impl KeyLines {
     }
 
     /// Direct child keys of `path`, in file order, with their lines.
-    pub fn children<'a>(
-        &'a self,
-        path: &'a [&'a str],
-    ) -> impl Iterator<Item = (&'a str, usize)> + 'a {
+    pub fn children<'a>(&'a self, path: &'a [&'a str]) -> impl Iterator<Item = (&'a str, usize)> + 'a {
         self.entries
             .iter()
             .filter(move |e| {
                 e.path.len() == path.len() + 1
-                    && e.path
-                        .iter()
-                        .map(String::as_str)
-                        .zip(path.iter().copied())
-                        .all(|(a, b)| a == b)
+                    && e.path.iter().map(String::as_str).zip(path.iter().copied()).all(|(a, b)| a == b)
             })
             .map(|e| (e.path[path.len()].as_str(), e.line))
     }
@@ -90,9 +80,7 @@ impl KeyLines {
 
 fn is_document_marker(content: &str) -> bool {
     ["---", "..."].iter().any(|marker| {
-        content
-            .strip_prefix(marker)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+        content.strip_prefix(marker).is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
     })
 }
 
@@ -113,9 +101,8 @@ fn split_key(content: &str) -> Option<(String, &str)> {
 
 fn plain_key(content: &str) -> Option<(String, &str)> {
     let bytes = content.as_bytes();
-    let colon = (0..bytes.len()).find(|&i| {
-        bytes[i] == b':' && bytes.get(i + 1).is_none_or(|b| *b == b' ' || *b == b'\t')
-    })?;
+    let colon = (0..bytes.len())
+        .find(|&i| bytes[i] == b':' && bytes.get(i + 1).is_none_or(|b| *b == b' ' || *b == b'\t'))?;
     let key = content[..colon].trim_end();
     // A comment before the colon means the colon is inside the comment.
     if key.contains(" #") || key.is_empty() {
@@ -176,20 +163,11 @@ doors:
         assert_eq!(lines.line(&["options", "interface"]), Some(3));
         assert_eq!(lines.line(&["doors", "openSSH"]), Some(5));
         assert_eq!(lines.line(&["doors", "openSSH", "sequence"]), Some(6));
-        assert_eq!(
-            lines.line(&["doors", "openSSH", "open", "duration"]),
-            Some(14)
-        );
+        assert_eq!(lines.line(&["doors", "openSSH", "open", "duration"]), Some(14));
         assert_eq!(lines.line(&["doors", "odd: name", "sequence"]), Some(16));
         assert_eq!(lines.nth_line(&["doors", "openSSH"], 1), Some(17));
-        assert_eq!(
-            lines.line(&["doors", "openSSH", "start_command", "echo a"]),
-            None
-        );
-        let keys: Vec<_> = lines
-            .children(&["doors", "openSSH"])
-            .map(|(k, _)| k)
-            .collect();
+        assert_eq!(lines.line(&["doors", "openSSH", "start_command", "echo a"]), None);
+        let keys: Vec<_> = lines.children(&["doors", "openSSH"]).map(|(k, _)| k).collect();
         assert_eq!(keys, ["sequence", "start_command", "open", "sequence"]);
     }
 
@@ -199,10 +177,7 @@ doors:
         assert_eq!(split_key("a:").map(|k| k.0), Some("a".into()));
         assert_eq!(split_key("7000:udp"), None);
         assert_eq!(split_key("'it''s': 1").map(|k| k.0), Some("it's".into()));
-        assert_eq!(
-            split_key("\"a\\\"b\" : 1").map(|k| k.0),
-            Some("a\"b".into())
-        );
+        assert_eq!(split_key("\"a\\\"b\" : 1").map(|k| k.0), Some("a\"b".into()));
         assert_eq!(split_key("{a: 1}"), None);
     }
 }

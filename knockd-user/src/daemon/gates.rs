@@ -2,7 +2,10 @@
 //! uses, installed at start and on reload, closed (windows ended, ports still
 //! protected) on a clean stop.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{btree_map::Entry, BTreeMap},
+    net::IpAddr,
+};
 
 use anyhow::{Context, Result};
 
@@ -51,12 +54,12 @@ impl Gates {
     pub fn sync(&mut self, cfg: &Config, knocker: &mut XdpKnocker) -> Result<()> {
         let wanted = protected_by_backend(cfg);
         for (backend, protected) in &wanted {
-            if !self.gates.contains_key(&key(*backend)) {
-                let gate =
-                    build(*backend, cfg, Some(knocker)).with_context(|| format!("{backend:?} gate"))?;
-                self.gates.insert(key(*backend), gate);
-            }
-            let gate = self.gates.get_mut(&key(*backend)).expect("inserted above");
+            let gate = match self.gates.entry(key(*backend)) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(
+                    build(*backend, cfg, Some(&mut *knocker)).with_context(|| format!("{backend:?} gate"))?,
+                ),
+            };
             gate.install(protected).with_context(|| format!("installing the {backend:?} gate"))?;
         }
         // Backends the config no longer uses: nothing is protected there now.

@@ -431,6 +431,19 @@ COMMIT
     }
 
     #[test]
+    fn a_missing_tool_is_unavailable_with_the_package_to_install() {
+        let err = probe("xknock-no-such-tool", &[], "ipset").unwrap_err();
+        let GateError::Unavailable { backend: Backend::Iptables, why } = err else { panic!("{err:?}") };
+        assert_eq!(why, "xknock-no-such-tool not found in PATH (apt install ipset)");
+    }
+
+    #[test]
+    fn a_failing_tool_is_unavailable_with_its_stderr() {
+        let err = probe("sh", &["-c", "echo no permission >&2; exit 4"], "sh").unwrap_err();
+        assert!(err.to_string().contains("no permission"), "{err}");
+    }
+
+    #[test]
     fn parses_ipset_save_output() {
         let text = r#"create xknockd4 hash:ip,port family inet hashsize 1024 maxelem 65536 timeout 0 comment bucketsize 12 initval 0x65777833
 add xknockd4 10.0.0.2,udp:53 timeout 39 comment "my door"

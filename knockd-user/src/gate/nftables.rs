@@ -92,7 +92,10 @@ impl Gate for NftGate {
                 // An earlier layout (another version, or a hand edit): replace
                 // the table in the same transaction, carrying its windows over.
                 log::warn!("nftables: replacing table {FAMILY} {TABLE} left in another layout");
-                install_doc(&ports, true, &parse_windows(&listing))
+                // An element that never expires is no window of ours: it goes.
+                let mut carried = parse_windows(&listing);
+                carried.retain(|w| w.remaining != Duration::MAX);
+                install_doc(&ports, true, &carried)
             }
             _ => install_doc(&ports, false, &[]),
         };
@@ -204,9 +207,9 @@ fn install_doc(ports: &[Step], replace: bool, carried: &[Window]) -> Value {
     }
     cmds.extend(sets().into_iter().map(|s| cmd("add", "set", s)));
     cmds.push(cmd("add", "chain", chain()));
-    cmds.push(cmd("flush", "chain", chain_ref()));
+    cmds.push(cmd("flush", "chain", named(CHAIN)));
     cmds.extend(rules().into_iter().map(|r| cmd("add", "rule", r)));
-    cmds.push(cmd("flush", "set", set_ref(PROTECTED)));
+    cmds.push(cmd("flush", "set", named(PROTECTED)));
     let unique: BTreeSet<Step> = ports.iter().copied().collect();
     if !unique.is_empty() {
         let elem = unique.iter().map(|p| json!({ "concat": [p.proto.as_str(), p.port] }));
@@ -220,28 +223,21 @@ fn install_doc(ports: &[Step], replace: bool, carried: &[Window]) -> Value {
     doc(cmds)
 }
 
-fn chain_ref() -> Value {
-    json!({ "family": FAMILY, "table": TABLE, "name": CHAIN })
-}
-
-fn set_ref(name: &str) -> Value {
+/// A set or chain of our table, by name.
+fn named(name: &str) -> Value {
     json!({ "family": FAMILY, "table": TABLE, "name": name })
 }
 
 /// A v4-mapped v6 source is the v4 host; the v4 set is where it belongs.
-fn canonical(src: IpAddr) -> IpAddr {
-    src.to_canonical()
-}
-
 fn allow_set(src: IpAddr) -> &'static str {
-    match canonical(src) {
+    match src.to_canonical() {
         IpAddr::V4(_) => ALLOW4,
         IpAddr::V6(_) => ALLOW6,
     }
 }
 
 fn key(src: IpAddr, port: Step) -> Value {
-    json!({ "concat": [canonical(src).to_string(), port.proto.as_str(), port.port] })
+    json!({ "concat": [src.to_canonical().to_string(), port.proto.as_str(), port.port] })
 }
 
 /// nft's JSON takes whole seconds, and a timeout of 0 would mean "never
@@ -287,7 +283,7 @@ fn open_doc(door: &str, src: IpAddr, ports: &[Step], duration: Duration) -> Opti
 
 /// Ends every window; the protected set and the drop rule stay.
 fn close_doc() -> Value {
-    doc(vec![cmd("flush", "set", set_ref(ALLOW4)), cmd("flush", "set", set_ref(ALLOW6))])
+    doc(vec![cmd("flush", "set", named(ALLOW4)), cmd("flush", "set", named(ALLOW6))])
 }
 
 /// Removes the table; adding it first makes this valid when it is gone.
@@ -553,16 +549,16 @@ mod tests {
 
     #[test]
     fn open_puts_mapped_v4_in_the_v4_set_and_v6_in_the_v6_set() {
-        let mapped: IpAddr = "::ffff:10.77.0.2".parse().unwrap();
-        let got = open_doc("d", mapped, &[tcp(1)], Duration::from_secs(1)).unwrap();
-        assert_eq!(got["nftables"][1]["delete"]["element"]["name"], "allow4");
+        let one = |src: &str| {
+            let got = open_doc("d", src.parse().unwrap(), &[tcp(1)], Duration::from_secs(1)).unwrap();
+            got["nftables"][1]["delete"]["element"].clone()
+        };
+        let mapped = one("::ffff:10.77.0.2");
         assert_eq!(
-            got["nftables"][1]["delete"]["element"]["elem"][0],
-            json!({"concat": ["10.77.0.2", "tcp", 1]})
+            (&mapped["name"], &mapped["elem"][0]["concat"][0]),
+            (&json!("allow4"), &json!("10.77.0.2"))
         );
-        let v6: IpAddr = "fd77::2".parse().unwrap();
-        let got = open_doc("d", v6, &[tcp(1)], Duration::from_secs(1)).unwrap();
-        assert_eq!(got["nftables"][2]["add"]["element"]["name"], "allow6");
+        assert_eq!(one("fd77::2")["name"], "allow6");
     }
 
     #[test]
@@ -596,28 +592,18 @@ mod tests {
 
     #[test]
     fn listing_parses_into_windows() {
-        let windows = parse_windows(&parse(LISTING));
+        let w = |door: &str, src: &str, port, remaining| Window {
+            door: door.into(),
+            src: src.parse().unwrap(),
+            port,
+            remaining,
+        };
         let want = vec![
-            Window {
-                door: "ssh".into(),
-                src: "10.77.0.2".parse().unwrap(),
-                port: tcp(2222),
-                remaining: Duration::from_secs(27),
-            },
-            Window {
-                door: String::new(),
-                src: "10.77.0.9".parse().unwrap(),
-                port: udp(53),
-                remaining: Duration::MAX,
-            },
-            Window {
-                door: "web".into(),
-                src: "fd77::2".parse().unwrap(),
-                port: udp(60001),
-                remaining: Duration::from_secs(1),
-            },
+            w("ssh", "10.77.0.2", tcp(2222), Duration::from_secs(27)),
+            w("", "10.77.0.9", udp(53), Duration::MAX),
+            w("web", "fd77::2", udp(60001), Duration::from_secs(1)),
         ];
-        assert_eq!(windows, want);
+        assert_eq!(parse_windows(&parse(LISTING)), want);
     }
 
     #[test]

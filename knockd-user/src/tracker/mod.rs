@@ -73,19 +73,11 @@ pub struct Knock {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// `stage` is 1-based: the number of steps matched so far.
-    Stage {
-        src: IpAddr,
-        door: Arc<str>,
-        stage: usize,
-    },
+    Stage { src: IpAddr, door: Arc<str>, stage: usize },
     /// Always preceded by the `Stage` for the last step.
     Open { src: IpAddr, door: Arc<str> },
     /// `stage` is the number of steps that had been matched.
-    Timeout {
-        src: IpAddr,
-        door: Arc<str>,
-        stage: usize,
-    },
+    Timeout { src: IpAddr, door: Arc<str>, stage: usize },
     /// The source's attempts were dropped to make room for a new source.
     Evicted { src: IpAddr },
 }
@@ -169,25 +161,10 @@ impl Tracker {
         let had_attempt = match self.sources.get_mut(&k.src) {
             None => false,
             Some(source) => {
-                expire(
-                    &self.doors,
-                    &mut self.deadlines,
-                    k,
-                    &mut source.attempts,
-                    out,
-                );
-                let had = source
-                    .attempts
-                    .iter()
-                    .any(|a| self.doors[a.door].in_scope(k));
+                expire(&self.doors, &mut self.deadlines, k, &mut source.attempts, out);
+                let had = source.attempts.iter().any(|a| self.doors[a.door].in_scope(k));
                 if had {
-                    advance(
-                        &self.doors,
-                        &mut self.deadlines,
-                        k,
-                        &mut source.attempts,
-                        out,
-                    );
+                    advance(&self.doors, &mut self.deadlines, k, &mut source.attempts, out);
                 }
                 had
             }
@@ -319,9 +296,7 @@ impl Tracker {
             return;
         };
         let needs_slot = !self.sources.contains_key(&k.src)
-            && ids
-                .iter()
-                .any(|&id| starts(&self.doors, id) && self.doors[id].sequence.len() > 1);
+            && ids.iter().any(|&id| starts(&self.doors, id) && self.doors[id].sequence.len() > 1);
         if needs_slot {
             // Make room before the newcomer's stages, so the log reads in the
             // order things happened.
@@ -331,46 +306,23 @@ impl Tracker {
                 }
             }
             self.tick += 1;
-            let rank = Rank {
-                proven: false,
-                tick: self.tick,
-            };
+            let rank = Rank { proven: false, tick: self.tick };
             self.ranks.insert(rank, k.src);
-            self.sources.insert(
-                k.src,
-                Source {
-                    attempts: Vec::with_capacity(1),
-                    rank,
-                },
-            );
+            self.sources.insert(k.src, Source { attempts: Vec::with_capacity(1), rank });
         }
 
         let ids = &self.by_first[&k.step];
         for &id in ids.iter().filter(|&&id| starts(&self.doors, id)) {
             let door = &self.doors[id];
-            out.push(Outcome::Stage {
-                src: k.src,
-                door: door.name.clone(),
-                stage: 1,
-            });
+            out.push(Outcome::Stage { src: k.src, door: door.name.clone(), stage: 1 });
             if door.sequence.len() == 1 {
-                out.push(Outcome::Open {
-                    src: k.src,
-                    door: door.name.clone(),
-                });
+                out.push(Outcome::Open { src: k.src, door: door.name.clone() });
                 continue;
             }
             let deadline = k.at.checked_add(door.seq_timeout).unwrap_or(Duration::MAX);
             let source = self.sources.get_mut(&k.src).expect("slot made above");
             let at = source.attempts.partition_point(|a| a.door < id);
-            source.attempts.insert(
-                at,
-                Attempt {
-                    door: id,
-                    matched: 1,
-                    deadline,
-                },
-            );
+            source.attempts.insert(at, Attempt { door: id, matched: 1, deadline });
             self.deadlines.insert((deadline, k.src, id));
         }
     }
@@ -386,10 +338,7 @@ impl Tracker {
             self.sources.remove(&src);
             return;
         }
-        let mut rank = Rank {
-            proven: is_proven(&source.attempts),
-            tick: source.rank.tick,
-        };
+        let mut rank = Rank { proven: is_proven(&source.attempts), tick: source.rank.tick };
         if touch {
             self.tick += 1;
             rank.tick = self.tick;
@@ -451,11 +400,7 @@ fn expire(
             return true;
         }
         deadlines.remove(&(a.deadline, k.src, a.door));
-        out.push(Outcome::Timeout {
-            src: k.src,
-            door: doors[a.door].name.clone(),
-            stage: a.matched,
-        });
+        out.push(Outcome::Timeout { src: k.src, door: doors[a.door].name.clone(), stage: a.matched });
         false
     });
 }
@@ -476,16 +421,9 @@ fn advance(
         let flags_ok = door.flags_ok(k);
         let keep = if flags_ok && door.sequence[a.matched] == k.step {
             a.matched += 1;
-            out.push(Outcome::Stage {
-                src: k.src,
-                door: door.name.clone(),
-                stage: a.matched,
-            });
+            out.push(Outcome::Stage { src: k.src, door: door.name.clone(), stage: a.matched });
             if a.matched == door.sequence.len() {
-                out.push(Outcome::Open {
-                    src: k.src,
-                    door: door.name.clone(),
-                });
+                out.push(Outcome::Open { src: k.src, door: door.name.clone() });
                 false
             } else {
                 true
@@ -493,8 +431,7 @@ fn advance(
         } else {
             // Checked only after "is it the next step?", so a sequence that
             // repeats a port (7000,7000,8000) still advances on the repeat.
-            let duplicate =
-                a.matched.checked_sub(1).map(|last| door.sequence[last]) == Some(k.step);
+            let duplicate = a.matched.checked_sub(1).map(|last| door.sequence[last]) == Some(k.step);
             !flags_ok || duplicate
         };
         if !keep {

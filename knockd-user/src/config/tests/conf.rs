@@ -23,13 +23,7 @@ fn debian_example_parses() {
     let ssh = &c.doors[0];
     assert_eq!(ssh.sequence, [tcp(7000), tcp(8000), tcp(9000)]);
     assert_eq!(ssh.seq_timeout, Duration::from_secs(5));
-    assert_eq!(
-        ssh.tcp_flags,
-        TcpFlags {
-            must_set: tcp_flag::SYN,
-            must_clear: 0
-        }
-    );
+    assert_eq!(ssh.tcp_flags, TcpFlags { must_set: tcp_flag::SYN, must_clear: 0 });
     assert_eq!(
         ssh.start_command.as_deref(),
         Some("/sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT")
@@ -38,18 +32,12 @@ fn debian_example_parses() {
     assert_eq!(ssh.cmd_timeout, Duration::from_secs(10));
 
     let https = &c.doors[2];
-    assert_eq!(
-        https.sequence,
-        [tcp(12345), tcp(54321), tcp(24680), tcp(13579)]
-    );
+    assert_eq!(https.sequence, [tcp(12345), tcp(54321), tcp(24680), tcp(13579)]);
     assert_eq!(
         https.stop_command.as_deref(),
         Some("/usr/local/sbin/knock_add -d -i -c INPUT -p tcp -d 443 -f %IP%")
     );
-    assert_eq!(
-        (https.target, https.open.as_ref(), https.stealth),
-        (None, None, None)
-    );
+    assert_eq!((https.target, https.open.as_ref(), https.stealth), (None, None, None));
 }
 
 #[test]
@@ -85,22 +73,13 @@ UseSyslog
     assert_eq!(c.options.log_file, Some("/var/log/knockd.log".into()));
     assert_eq!(c.options.pid_file, Some("/run/knockd.pid".into()));
     assert_eq!(c.options.interfaces, ["eth1"]);
-    assert!(
-        c.options.use_syslog,
-        "knockd takes UseSyslog in any section"
-    );
+    assert!(c.options.use_syslog, "knockd takes UseSyslog in any section");
     let d = &c.doors[0];
     assert_eq!(d.sequence, [udp(7000), tcp(8000), tcp(9000)]);
     assert_eq!(d.seq_timeout, Duration::from_secs(7));
-    assert_eq!(
-        d.start_command.as_deref(),
-        Some("echo %IP% # not a comment")
-    );
+    assert_eq!(d.start_command.as_deref(), Some("echo %IP% # not a comment"));
     assert_eq!(d.start_command_6.as_deref(), Some("echo6 %IP%"));
-    assert_eq!(
-        d.stop_command, None,
-        "an empty command is no command, as in knockd"
-    );
+    assert_eq!(d.stop_command, None, "an empty command is no command, as in knockd");
     assert_eq!(d.stop_command_6.as_deref(), Some("stop6"));
     assert_eq!(d.target, Some("192.0.2.7".parse().unwrap()));
 }
@@ -131,47 +110,20 @@ fn start_and_stop_commands_6() {
 #[test]
 fn port_out_of_range_names_file_line_and_key() {
     let err = conf_err("[options]\nUseSyslog\n\n[d]\n\tsequence = 7000,70000\n");
-    assert_eq!(
-        err.to_string(),
-        "knockd.conf:5: key `sequence`: port 70000 is outside 1-65535"
-    );
+    assert_eq!(err.to_string(), "knockd.conf:5: key `sequence`: port 70000 is outside 1-65535");
 }
 
 fn assert_err(text: &str, line: usize, key: Option<&str>, message: &str) {
     let err = conf_err(text);
-    assert_eq!(
-        (err.line, err.key.as_deref(), err.message.as_str()),
-        (Some(line), key, message),
-        "{err}"
-    );
+    assert_eq!((err.line, err.key.as_deref(), err.message.as_str()), (Some(line), key, message), "{err}");
 }
 
 #[test]
 fn sequence_errors() {
-    assert_err(
-        "[d]\nsequence = 7000,x80\n",
-        2,
-        Some("sequence"),
-        "`x80` is not a port number",
-    );
-    assert_err(
-        "[d]\n\nsequence = 0\n",
-        3,
-        Some("sequence"),
-        "port 0 is outside 1-65535",
-    );
-    assert_err(
-        "[d]\nSequence = 1,\n",
-        2,
-        Some("Sequence"),
-        "empty item in the sequence (a stray comma?)",
-    );
-    assert_err(
-        "[d]\nsequence =\n",
-        2,
-        Some("sequence"),
-        "the sequence is empty",
-    );
+    assert_err("[d]\nsequence = 7000,x80\n", 2, Some("sequence"), "`x80` is not a port number");
+    assert_err("[d]\n\nsequence = 0\n", 3, Some("sequence"), "port 0 is outside 1-65535");
+    assert_err("[d]\nSequence = 1,\n", 2, Some("Sequence"), "empty item in the sequence (a stray comma?)");
+    assert_err("[d]\nsequence =\n", 2, Some("sequence"), "the sequence is empty");
     assert_err(
         "[d]\nsequence = 1:icmp\n",
         2,
@@ -179,12 +131,7 @@ fn sequence_errors() {
         "unknown protocol `icmp` in `1:icmp` (use tcp or udp)",
     );
     let long = format!("[d]\nsequence = {}\n", vec!["1"; 33].join(","));
-    assert_err(
-        &long,
-        2,
-        Some("sequence"),
-        "the sequence has 33 steps; at most 32 are allowed",
-    );
+    assert_err(&long, 2, Some("sequence"), "the sequence has 33 steps; at most 32 are allowed");
     let ok = format!("[d]\nsequence = {}\n", vec!["1"; 32].join(","));
     assert_eq!(conf(&ok).doors[0].sequence.len(), 32);
 }
@@ -221,12 +168,7 @@ fn value_errors() {
         Some("target"),
         "`host.example` is not an IP address",
     );
-    assert_err(
-        "[d]\nsequence = 1\nseq_timeout = 0\n",
-        3,
-        Some("seq_timeout"),
-        "must be more than 0 seconds",
-    );
+    assert_err("[d]\nsequence = 1\nseq_timeout = 0\n", 3, Some("seq_timeout"), "must be more than 0 seconds");
     assert_err(
         "[d]\nsequence = 1\none_time_sequences =\n",
         3,
@@ -277,42 +219,23 @@ fn keys_in_the_wrong_section() {
         .expect("should fail");
     assert_eq!(
         (err.line, err.key.as_deref(), err.message.as_str()),
-        (
-            Some(2),
-            Some("sequence"),
-            "every key must come after a section header ([options] or [door name])"
-        )
+        (Some(2), Some("sequence"), "every key must come after a section header ([options] or [door name])")
     );
 }
 
 #[test]
 fn structural_errors() {
-    assert_err(
-        "[d\nsequence = 1\n",
-        1,
-        None,
-        "a section header must end with `]`",
-    );
+    assert_err("[d\nsequence = 1\n", 1, None, "a section header must end with `]`");
     assert_err("[]\n", 1, None, "empty section name");
     assert_err("[d]\n= 5\n", 2, None, "missing key before `=`");
-    assert_err(
-        "[d]\nsequence\n",
-        2,
-        Some("sequence"),
-        "`sequence` needs a value (`sequence = ...`)",
-    );
+    assert_err("[d]\nsequence\n", 2, Some("sequence"), "`sequence` needs a value (`sequence = ...`)");
     assert_err(
         "[options]\nUseSyslog = yes\n",
         2,
         Some("UseSyslog"),
         "UseSyslog takes no value (write just `UseSyslog`)",
     );
-    assert_err(
-        "[options]\nLogFile\n",
-        2,
-        Some("LogFile"),
-        "`LogFile` needs a value (`LogFile = ...`)",
-    );
+    assert_err("[options]\nLogFile\n", 2, Some("LogFile"), "`LogFile` needs a value (`LogFile = ...`)");
 }
 
 #[test]
@@ -348,10 +271,7 @@ fn doors_without_sequence_or_at_all() {
     let err = conf_err("[options]\nUseSyslog\n");
     assert_eq!((err.line, err.message.as_str()), (None, "no doors defined"));
     let err = conf_err("# only a comment\n\n");
-    assert_eq!(
-        (err.line, err.message.as_str()),
-        (None, "the file is empty: no doors defined")
-    );
+    assert_eq!((err.line, err.message.as_str()), (None, "the file is empty: no doors defined"));
 }
 
 #[test]

@@ -6,8 +6,7 @@ use std::fs;
 use super::support::{parse, tcp, udp, TempDir};
 use crate::config::{load, OneTimeFile};
 
-const SEQS: &str =
-    "# used ones get a leading #\n\n   # indented comment\n 1000,2000:udp\n 3000,4000\n5000\n";
+const SEQS: &str = "# used ones get a leading #\n\n   # indented comment\n 1000,2000:udp\n 3000,4000\n5000\n";
 
 #[test]
 fn first_live_line_is_active() {
@@ -25,15 +24,8 @@ fn unparsable_lines_are_skipped_and_reported() {
     let dir = TempDir::new();
     let path = dir.write("otp", "70000,1\n 1:sctp\n 7,8\n junk\n");
     let file = OneTimeFile::open(&path).unwrap();
-    assert_eq!(
-        file.active().map(|a| (a.0, a.2)),
-        Some((3, vec![tcp(7), tcp(8)]))
-    );
-    let bad: Vec<_> = file
-        .invalid_lines()
-        .iter()
-        .map(|l| (l.line_no, l.message.as_str()))
-        .collect();
+    assert_eq!(file.active().map(|a| (a.0, a.2)), Some((3, vec![tcp(7), tcp(8)])));
+    let bad: Vec<_> = file.invalid_lines().iter().map(|l| (l.line_no, l.message.as_str())).collect();
     assert_eq!(
         bad,
         [
@@ -49,10 +41,7 @@ fn consume_writes_a_hash_over_the_first_byte_like_knockd() {
     let dir = TempDir::new();
     let path = dir.write("otp", SEQS);
     let mut file = OneTimeFile::open(&path).unwrap();
-    assert_eq!(
-        file.consume_active().unwrap(),
-        Some(vec![tcp(3000), tcp(4000)])
-    );
+    assert_eq!(file.consume_active().unwrap(), Some(vec![tcp(3000), tcp(4000)]));
     let expected = SEQS.replace(" 1000,2000:udp", "#1000,2000:udp");
     assert_eq!(fs::read_to_string(&path).unwrap(), expected);
     assert_eq!(file.active().unwrap().0, 5);
@@ -60,16 +49,10 @@ fn consume_writes_a_hash_over_the_first_byte_like_knockd() {
     assert_eq!(file.consume_active().unwrap(), Some(vec![tcp(5000)]));
     // A line without a leading space loses its first digit, as with knockd.
     assert_eq!(file.consume_active().unwrap(), None);
-    let expected = expected
-        .replace(" 3000,4000", "#3000,4000")
-        .replace("\n5000\n", "\n#000\n");
+    let expected = expected.replace(" 3000,4000", "#3000,4000").replace("\n5000\n", "\n#000\n");
     assert_eq!(fs::read_to_string(&path).unwrap(), expected);
     assert_eq!(file.active(), None);
-    assert_eq!(
-        file.consume_active().unwrap(),
-        None,
-        "nothing left: nothing written"
-    );
+    assert_eq!(file.consume_active().unwrap(), None, "nothing left: nothing written");
     assert_eq!(fs::read_to_string(&path).unwrap(), expected);
 }
 
@@ -80,14 +63,8 @@ fn consume_follows_edits_made_since_reading() {
     let mut file = OneTimeFile::open(&path).unwrap();
     // An editor inserts lines above: the cached offset now points elsewhere.
     fs::write(&path, "# new header\n 9,9,9\n 1,2\n 3,4\n").unwrap();
-    assert_eq!(
-        file.consume_active().unwrap(),
-        Some(vec![tcp(9), tcp(9), tcp(9)])
-    );
-    assert_eq!(
-        fs::read_to_string(&path).unwrap(),
-        "# new header\n 9,9,9\n#1,2\n 3,4\n"
-    );
+    assert_eq!(file.consume_active().unwrap(), Some(vec![tcp(9), tcp(9), tcp(9)]));
+    assert_eq!(fs::read_to_string(&path).unwrap(), "# new header\n 9,9,9\n#1,2\n 3,4\n");
 }
 
 #[test]
@@ -114,32 +91,15 @@ fn file_without_trailing_newline() {
 fn config_takes_the_active_sequence_relative_to_the_config_dir() {
     let dir = TempDir::new();
     dir.write("otp", SEQS);
-    let conf = dir.write(
-        "knockd.conf",
-        "[d]\nsequence = 9,9\nOne_Time_Sequences = otp\n",
-    );
+    let conf = dir.write("knockd.conf", "[d]\nsequence = 9,9\nOne_Time_Sequences = otp\n");
     let c = load(&conf).unwrap();
     let door = &c.doors[0];
-    assert_eq!(
-        door.sequence,
-        [tcp(1000), udp(2000)],
-        "the one-time file wins over `sequence`"
-    );
-    assert_eq!(
-        door.one_time_sequences.as_deref(),
-        Some(dir.path().join("otp").as_path())
-    );
+    assert_eq!(door.sequence, [tcp(1000), udp(2000)], "the one-time file wins over `sequence`");
+    assert_eq!(door.one_time_sequences.as_deref(), Some(dir.path().join("otp").as_path()));
 
     let yaml = dir.write("x.yaml", "doors:\n  d:\n    one_time_sequences: otp\n");
-    assert_eq!(
-        load(&yaml).unwrap().doors[0].sequence,
-        [tcp(1000), udp(2000)]
-    );
-    assert_eq!(
-        fs::read_to_string(dir.path().join("otp")).unwrap(),
-        SEQS,
-        "loading writes nothing"
-    );
+    assert_eq!(load(&yaml).unwrap().doors[0].sequence, [tcp(1000), udp(2000)]);
+    assert_eq!(fs::read_to_string(dir.path().join("otp")).unwrap(), SEQS, "loading writes nothing");
 }
 
 #[test]
@@ -148,49 +108,21 @@ fn missing_or_used_up_files_are_errors_at_the_key() {
     let missing = dir.path().join("missing");
     let text = format!("[d]\n\nOne_Time_Sequences = {}\n", missing.display());
     let err = parse(&text, "knockd.conf").unwrap_err();
-    assert_eq!(
-        (err.line, err.key.as_deref()),
-        (Some(3), Some("One_Time_Sequences")),
-        "{err}"
-    );
-    assert!(
-        err.message
-            .starts_with("cannot read one-time sequences file"),
-        "{err}"
-    );
+    assert_eq!((err.line, err.key.as_deref()), (Some(3), Some("One_Time_Sequences")), "{err}");
+    assert!(err.message.starts_with("cannot read one-time sequences file"), "{err}");
 
     let used = dir.write("used", "#1,2\n\n # 3\n");
-    let text = format!(
-        "doors:\n  a:\n    sequence: [1]\n  d:\n    one_time_sequences: {}\n",
-        used.display()
-    );
+    let text = format!("doors:\n  a:\n    sequence: [1]\n  d:\n    one_time_sequences: {}\n", used.display());
     let err = parse(&text, "x.yaml").unwrap_err();
-    assert_eq!(
-        (err.line, err.key.as_deref()),
-        (Some(5), Some("one_time_sequences")),
-        "{err}"
-    );
-    assert_eq!(
-        err.message,
-        format!(
-            "no sequence left in one-time sequences file {}",
-            used.display()
-        )
-    );
+    assert_eq!((err.line, err.key.as_deref()), (Some(5), Some("one_time_sequences")), "{err}");
+    assert_eq!(err.message, format!("no sequence left in one-time sequences file {}", used.display()));
 }
 
 #[test]
 fn one_time_door_clashing_with_another_is_reported_at_its_file_key() {
     let dir = TempDir::new();
     let otp = dir.write("otp", " 1,2\n");
-    let text = format!(
-        "[a]\nsequence = 1,2\n[b]\nOne_Time_Sequences = {}\n",
-        otp.display()
-    );
+    let text = format!("[a]\nsequence = 1,2\n[b]\nOne_Time_Sequences = {}\n", otp.display());
     let err = parse(&text, "knockd.conf").unwrap_err();
-    assert_eq!(
-        (err.line, err.key.as_deref()),
-        (Some(4), Some("One_Time_Sequences")),
-        "{err}"
-    );
+    assert_eq!((err.line, err.key.as_deref()), (Some(4), Some("One_Time_Sequences")), "{err}");
 }

@@ -29,17 +29,11 @@ pub fn yaml_err(text: &str) -> ConfigError {
 }
 
 pub fn tcp(port: u16) -> Step {
-    Step {
-        port,
-        proto: Proto::Tcp,
-    }
+    Step { port, proto: Proto::Tcp }
 }
 
 pub fn udp(port: u16) -> Step {
-    Step {
-        port,
-        proto: Proto::Udp,
-    }
+    Step { port, proto: Proto::Udp }
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -49,8 +43,7 @@ impl TempDir {
     pub fn new() -> Self {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("xknock-config-test-{}-{n}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("xknock-config-test-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)

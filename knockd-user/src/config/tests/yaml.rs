@@ -48,10 +48,7 @@ fn full_example() {
     assert_eq!(o.log_file, Some("/var/log/xknockd.log".into()));
     assert!(o.use_syslog);
     assert_eq!(o.pid_file, Some("/run/xknockd.pid".into()));
-    assert_eq!(
-        (o.max_sources, o.default_backend, o.stealth),
-        (1000, Backend::Xdp, true)
-    );
+    assert_eq!((o.max_sources, o.default_backend, o.stealth), (1000, Backend::Xdp, true));
     assert_eq!(o.bpffs_dir, std::path::PathBuf::from("/sys/fs/bpf/other"));
 
     let names: Vec<_> = c.doors.iter().map(|d| d.name.as_str()).collect();
@@ -59,18 +56,9 @@ fn full_example() {
     let z = &c.doors[0];
     assert_eq!(z.sequence, [tcp(7000), udp(8000), tcp(9000)]);
     assert_eq!(z.seq_timeout, Duration::from_secs(5));
-    assert_eq!(
-        z.tcp_flags,
-        TcpFlags {
-            must_set: tcp_flag::SYN,
-            must_clear: tcp_flag::ACK
-        }
-    );
+    assert_eq!(z.tcp_flags, TcpFlags { must_set: tcp_flag::SYN, must_clear: tcp_flag::ACK });
     assert_eq!(z.target, Some("2001:db8::1".parse().unwrap()));
-    assert_eq!(
-        z.start_command.as_deref(),
-        Some("nft add element inet xknock allow { %IP% }")
-    );
+    assert_eq!(z.start_command.as_deref(), Some("nft add element inet xknock allow { %IP% }"));
     assert_eq!(z.start_command_6.as_deref(), Some("echo six"));
     assert_eq!(z.cmd_timeout, Duration::from_secs(120));
     assert_eq!(z.stop_command.as_deref(), Some("echo stop"));
@@ -100,10 +88,7 @@ fn defaults_and_small_forms() {
     assert_eq!(d.cmd_timeout, Duration::from_secs(3));
     let o = &c.options;
     assert!(o.interfaces.is_empty() && !o.use_syslog && !o.stealth);
-    assert_eq!(
-        (o.max_sources, o.default_backend),
-        (65_536, Backend::Nftables)
-    );
+    assert_eq!((o.max_sources, o.default_backend), (65_536, Backend::Nftables));
     let c = yaml("options:\n  interface: eth0\ndoors:\n  d:\n    sequence: [1]\n");
     assert_eq!(c.options.interfaces, ["eth0"]);
     assert_eq!(c.doors[0].seq_timeout, Duration::from_secs(25));
@@ -112,11 +97,7 @@ fn defaults_and_small_forms() {
 /// Checks an error's line, key and message, showing the full error on failure.
 pub fn assert_err(text: &str, line: Option<usize>, key: Option<&str>, message: &str) {
     let err = yaml_err(text);
-    assert_eq!(
-        (err.line, err.key.as_deref(), err.message.as_str()),
-        (line, key, message),
-        "{err}"
-    );
+    assert_eq!((err.line, err.key.as_deref(), err.message.as_str()), (line, key, message), "{err}");
 }
 
 const HEAD: &str = "doors:\n  d:\n"; // lines 1-2
@@ -125,17 +106,9 @@ const HEAD: &str = "doors:\n  d:\n"; // lines 1-2
 fn port_errors_point_at_the_item() {
     let text = format!("{HEAD}    sequence:\n      - 7000\n      - 70000\n      - 9000\n");
     let err = yaml_err(&text);
-    assert_eq!(
-        err.to_string(),
-        "x.yaml:5: key `sequence`: port 70000 is outside 1-65535"
-    );
+    assert_eq!(err.to_string(), "x.yaml:5: key `sequence`: port 70000 is outside 1-65535");
     let text = format!("{HEAD}    sequence: [7000,\n      \"8000:sctp\"]\n");
-    assert_err(
-        &text,
-        Some(4),
-        Some("sequence"),
-        "unknown protocol `sctp` in `8000:sctp` (use tcp or udp)",
-    );
+    assert_err(&text, Some(4), Some("sequence"), "unknown protocol `sctp` in `8000:sctp` (use tcp or udp)");
     assert_err(
         &format!("{HEAD}    sequence: [1, 0]\n"),
         Some(3),
@@ -167,12 +140,7 @@ fn port_errors_point_at_the_item() {
         "empty item in the sequence (a stray comma?)",
     );
     let text = format!("{HEAD}    sequence: [1]\n    open:\n      duration: 5\n      ports:\n        - 22/tcp\n        - 99999\n");
-    assert_err(
-        &text,
-        Some(8),
-        Some("open.ports"),
-        "port 99999 is outside 1-65535",
-    );
+    assert_err(&text, Some(8), Some("open.ports"), "port 99999 is outside 1-65535");
 }
 
 #[test]
@@ -325,12 +293,7 @@ fn repeated_keys_point_at_the_repeat() {
 
 #[test]
 fn structural_errors() {
-    assert_err(
-        &format!("{HEAD}    sequence: []\n"),
-        Some(3),
-        Some("sequence"),
-        "the sequence is empty",
-    );
+    assert_err(&format!("{HEAD}    sequence: []\n"), Some(3), Some("sequence"), "the sequence is empty");
     let long: Vec<String> = (1..=33).map(|p| p.to_string()).collect();
     assert_err(
         &format!("{HEAD}    sequence: [{}]\n", long.join(", ")),
@@ -389,24 +352,9 @@ fn open_errors() {
 
 #[test]
 fn no_doors() {
-    assert_err(
-        "options:\n  stealth: true\ndoors: {}\n",
-        Some(3),
-        None,
-        "no doors defined",
-    );
-    assert_err(
-        "options:\n  stealth: true\n",
-        None,
-        None,
-        "no doors defined",
-    );
-    assert_err(
-        "options:\n  stealth: true\ndoors:\n",
-        Some(3),
-        None,
-        "no doors defined",
-    );
+    assert_err("options:\n  stealth: true\ndoors: {}\n", Some(3), None, "no doors defined");
+    assert_err("options:\n  stealth: true\n", None, None, "no doors defined");
+    assert_err("options:\n  stealth: true\ndoors:\n", Some(3), None, "no doors defined");
 }
 
 #[test]
@@ -415,18 +363,8 @@ fn yaml_syntax_errors_carry_their_line() {
     assert_eq!(err.line, Some(3), "{err}");
     assert!(err.message.contains("cannot start any token"), "{err}");
     let err = yaml_err("doors: [a, b]\n");
-    assert_eq!(
-        (err.line, err.key.as_deref()),
-        (Some(1), Some("doors")),
-        "{err}"
-    );
-    assert_eq!(
-        err.message,
-        "invalid type: sequence, expected a map of doors by name"
-    );
+    assert_eq!((err.line, err.key.as_deref()), (Some(1), Some("doors")), "{err}");
+    assert_eq!(err.message, "invalid type: sequence, expected a map of doors by name");
     let err = yaml_err("just text\n");
-    assert_eq!(
-        err.message,
-        "invalid type: string \"just text\", expected a map with `options` and `doors`"
-    );
+    assert_eq!(err.message, "invalid type: string \"just text\", expected a map with `options` and `doors`");
 }
