@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod frames;
+pub mod gate;
 pub mod netns;
 
 /// Whether privileged tests may run. Without root they skip, loudly; but
