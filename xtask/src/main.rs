@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask setup|build|run|test|demo`.
+//! Project tasks: `cargo xtask setup|build|run|test|demo|bench`.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -38,6 +39,12 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// Per-packet cost and floods side by side with knockd; writes target/bench/.
+    Bench {
+        /// A few seconds through the same code paths (run by `test` as root).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -50,20 +57,16 @@ fn main() -> Result<()> {
             build(release)?;
             demo::run(&bin_dir(release))
         }
+        Task::Bench { quick } => bench::run(quick, false),
     }
 }
 
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask sits in the workspace")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
 }
 
 fn bin_dir(release: bool) -> PathBuf {
-    workspace_root()
-        .join("target")
-        .join(if release { "release" } else { "debug" })
+    workspace_root().join("target").join(if release { "release" } else { "debug" })
 }
 
 pub fn is_root() -> bool {
@@ -79,9 +82,7 @@ fn cargo(args: &[&str]) -> Result<Command> {
     let mut paths = vec![linker_bin];
     paths.extend(std::env::split_paths(&path));
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(args)
-        .current_dir(workspace_root())
-        .env("PATH", std::env::join_paths(paths)?);
+    cmd.args(args).current_dir(workspace_root()).env("PATH", std::env::join_paths(paths)?);
     Ok(cmd)
 }
 
@@ -118,23 +119,10 @@ fn run(release: bool, args: &[String]) -> Result<()> {
 fn test() -> Result<()> {
     setup::run()?;
     println!("== unprivileged tests");
-    check(&mut cargo(&[
-        "test",
-        "--workspace",
-        "--exclude",
-        "xknock-tests",
-        "--exclude",
-        "knockd-ebpf",
-    ])?)?;
+    check(&mut cargo(&["test", "--workspace", "--exclude", "xknock-tests", "--exclude", "knockd-ebpf"])?)?;
     println!("== privileged end-to-end tests");
     build(false)?;
-    let mut e2e = cargo(&[
-        "test",
-        "--package",
-        "xknock-tests",
-        "--",
-        "--test-threads=1",
-    ])?;
+    let mut e2e = cargo(&["test", "--package", "xknock-tests", "--", "--test-threads=1"])?;
     e2e.env("XKNOCK_BIN_DIR", bin_dir(false));
     if is_root() {
         // Running as root: a test that would skip for lack of privilege fails instead.
@@ -146,6 +134,9 @@ fn test() -> Result<()> {
     if is_root() {
         println!("== demo");
         demo::run(&bin_dir(false))?;
+        // Keeps the bench's code paths alive; asserts nothing about speed.
+        println!("== bench --quick");
+        bench::run(true, true)?;
     }
     Ok(())
 }

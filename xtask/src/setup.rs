@@ -13,25 +13,19 @@ use crate::{check, is_root};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// What the tests need (nftables/iptables/ipset for the firewall backends,
 /// knockd for interop).
-pub const TEST_PACKAGES: &[&str] = &[
-    "nftables",
-    "iptables",
-    "ipset",
-    "iproute2",
-    "iputils-ping",
-    "netcat-openbsd",
-    "knockd",
-];
+pub const TEST_PACKAGES: &[&str] =
+    &["nftables", "iptables", "ipset", "iproute2", "iputils-ping", "netcat-openbsd", "knockd"];
+
+/// What `cargo xtask bench` adds: knockd to compare with, gnuplot-nox for the
+/// chart, iproute2 for the namespaces.
+pub const BENCH_PACKAGES: &[&str] = &["knockd", "gnuplot-nox", "iproute2"];
 
 pub fn run() -> Result<()> {
     ensure_toolchain()?;
     if is_root() {
         ensure_packages(TEST_PACKAGES)?;
     } else {
-        println!(
-            "setup: not root, skipping Debian packages ({})",
-            TEST_PACKAGES.join(" ")
-        );
+        println!("setup: not root, skipping Debian packages ({})", TEST_PACKAGES.join(" "));
     }
     Ok(())
 }
@@ -57,13 +51,8 @@ fn ensure_nightly() -> Result<()> {
             "rust-src",
         ]));
     }
-    let comps = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))?;
+    let comps =
+        output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
     if comps.lines().any(|l| l.starts_with("rust-src")) {
         println!("setup: nightly rust-src present");
         return Ok(());
@@ -82,32 +71,21 @@ fn tools_dir() -> PathBuf {
 
 /// The nightly's libLLVM, found by globbing rather than by a hard-coded version.
 fn nightly_llvm() -> Result<PathBuf> {
-    let sysroot =
-        output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))?;
+    let sysroot = output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))?;
     let lib = Path::new(sysroot.trim()).join("lib");
     let mut found: Vec<PathBuf> = std::fs::read_dir(&lib)
         .with_context(|| format!("reading {}", lib.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libLLVM.so."))
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.")))
         .collect();
     found.sort();
-    found
-        .pop()
-        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))
+    found.pop().with_context(|| format!("no libLLVM.so.* in {}", lib.display()))
 }
 
 /// Per-LLVM install dir: a new nightly with another LLVM gets its own build.
 fn linker_root() -> Result<(PathBuf, PathBuf)> {
     let llvm = nightly_llvm()?;
-    let name = llvm
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("libLLVM file name")?
-        .to_string();
+    let name = llvm.file_name().and_then(|n| n.to_str()).context("libLLVM file name")?.to_string();
     let root = tools_dir().join(format!("bpf-linker-{BPF_LINKER_VERSION}-{name}"));
     Ok((root, llvm))
 }
@@ -119,19 +97,12 @@ pub fn bpf_linker_bin_dir() -> Result<PathBuf> {
 fn ensure_bpf_linker() -> Result<()> {
     let (root, llvm) = linker_root()?;
     let bin = root.join("bin/bpf-linker");
-    if Command::new(&bin)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
+    if Command::new(&bin).arg("--version").output().is_ok_and(|o| o.status.success()) {
         println!("setup: bpf-linker present at {}", bin.display());
         return Ok(());
     }
     let major = llvm_major(&llvm)?;
-    println!(
-        "setup: building bpf-linker {BPF_LINKER_VERSION} against {} (LLVM {major})",
-        llvm.display()
-    );
+    println!("setup: building bpf-linker {BPF_LINKER_VERSION} against {} (LLVM {major})", llvm.display());
     // The linker links against `libLLVM.so`; the loader finds the soname
     // through bpf-linker's rpath into this prefix, which must therefore last.
     let prefix = root.join("llvm-prefix");
@@ -140,8 +111,7 @@ fn ensure_bpf_linker() -> Result<()> {
     let soname = llvm.file_name().context("libLLVM name")?;
     for link in [lib.join("libLLVM.so"), lib.join(soname)] {
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&llvm, &link)
-            .with_context(|| format!("symlink {}", link.display()))?;
+        std::os::unix::fs::symlink(&llvm, &link).with_context(|| format!("symlink {}", link.display()))?;
     }
     check(
         Command::new("cargo")
@@ -160,10 +130,7 @@ fn ensure_bpf_linker() -> Result<()> {
 
 /// "libLLVM.so.22.1-rust-1.97.0-nightly" → 22.
 fn llvm_major(llvm: &Path) -> Result<u32> {
-    let name = llvm
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
+    let name = llvm.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     name.strip_prefix("libLLVM.so.")
         .and_then(|rest| rest.split(['.', '-']).next())
         .and_then(|m| m.parse().ok())
@@ -171,11 +138,7 @@ fn llvm_major(llvm: &Path) -> Result<u32> {
 }
 
 pub fn ensure_packages(pkgs: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = pkgs
-        .iter()
-        .copied()
-        .filter(|p| !dpkg_installed(p))
-        .collect();
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !dpkg_installed(p)).collect();
     if missing.is_empty() {
         println!("setup: Debian packages present: {}", pkgs.join(" "));
         return Ok(());
@@ -200,10 +163,7 @@ fn dpkg_installed(pkg: &str) -> bool {
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -214,10 +174,7 @@ mod tests {
 
     #[test]
     fn llvm_major_is_read_from_the_file_name() {
-        assert_eq!(
-            llvm_major(Path::new("/x/libLLVM.so.22.1-rust-1.97.0-nightly")).unwrap(),
-            22
-        );
+        assert_eq!(llvm_major(Path::new("/x/libLLVM.so.22.1-rust-1.97.0-nightly")).unwrap(), 22);
         assert_eq!(llvm_major(Path::new("/x/libLLVM.so.19")).unwrap(), 19);
         assert!(llvm_major(Path::new("/x/libLLVM.so.x")).is_err());
     }

@@ -1,0 +1,463 @@
+//! The flood rig: one namespace pair, the daemon under test in the server
+//! namespace, the knocking client and the readings taken from /proc and the
+//! interfaces. Nothing here touches the root namespace's interfaces or
+//! firewall: the daemons attach (XDP) or listen (pcap) on the server veth.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use xknock_tests::{
+    daemon::TempDir,
+    netns::{ChildGuard, NetPair, SERVER_V4},
+    wait_until,
+};
+
+use super::bpfmap::{CounterMap, Counters};
+
+/// The sources the real knocks come from: one per sequence, all on the client
+/// veth, so every OPEN can be matched to the sequence that caused it.
+pub const KNOCKER_BASE: [u8; 4] = [10, 77, 0, 100];
+pub const KNOCKER_COUNT: u8 = 120;
+
+pub struct Rig {
+    pub pair: NetPair,
+    pub server_mac: [u8; 6],
+    pub bin_dir: PathBuf,
+}
+
+impl Rig {
+    pub fn new(bin_dir: &Path) -> Result<Self> {
+        let pair = NetPair::new()?;
+        let mac =
+            pair.in_ns(&pair.server, &["cat", &format!("/sys/class/net/{}/address", pair.server_if)])?;
+        let mac = String::from_utf8_lossy(&mac.stdout).trim().to_string();
+        let bytes: Vec<u8> = mac.split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
+        let server_mac: [u8; 6] = bytes.try_into().map_err(|_| anyhow::anyhow!("bad MAC {mac:?}"))?;
+        let mut batch = String::new();
+        for i in 0..KNOCKER_COUNT {
+            batch.push_str(&format!("addr add {}/24 dev {}\n", knocker(i), pair.client_if));
+        }
+        let mut ip = Command::new("ip")
+            .args(["-n", &pair.client, "-batch", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .context("spawning ip -batch")?;
+        ip.stdin.take().context("ip stdin")?.write_all(batch.as_bytes())?;
+        if !ip.wait()?.success() {
+            bail!("adding the knocker addresses failed");
+        }
+        Ok(Self { pair, server_mac, bin_dir: bin_dir.to_path_buf() })
+    }
+
+    /// Sends one knock sequence (7000 8000 9000) with our `xknock` client from
+    /// source `src`, and returns when its last knock left, as read from
+    /// `xknock -v` (it prints each hit just before sending it).
+    pub fn knock(&self, src: Ipv4Addr) -> Result<Instant> {
+        self.pair.in_ns(
+            &self.pair.client,
+            &[
+                "ip",
+                "route",
+                "replace",
+                &format!("{SERVER_V4}/32"),
+                "dev",
+                &self.pair.client_if,
+                "src",
+                &src.to_string(),
+            ],
+        )?;
+        let mut cmd = self.pair.client_cmd(self.bin_dir.join("xknock").to_str().context("utf-8")?);
+        cmd.args(["-v", SERVER_V4, "7000", "8000", "9000"]).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = ChildGuard(cmd.spawn().context("spawning xknock")?);
+        let mut sent = None;
+        for line in BufReader::new(child.0.stdout.take().context("stdout")?).lines().map_while(Result::ok) {
+            if line.contains(":9000") {
+                sent = Some(Instant::now());
+            }
+        }
+        let status = child.0.wait()?;
+        if !status.success() {
+            bail!("xknock from {src} failed: {status}");
+        }
+        sent.context("xknock printed no last hit")
+    }
+
+    /// `ip -j -s link show dev IF` in `ns`.
+    pub fn link_json(&self, ns: &str, ifname: &str) -> Result<serde_json::Value> {
+        let out = self.pair.in_ns(ns, &["ip", "-j", "-s", "link", "show", "dev", ifname])?;
+        serde_json::from_slice(&out.stdout).context("ip -j output")
+    }
+
+    /// Packets and drops on an interface, from `ip -s -j`.
+    pub fn link_stats(&self, ns: &str, ifname: &str) -> Result<LinkStats> {
+        let v = self.link_json(ns, ifname)?;
+        let s = &v[0]["stats64"];
+        let n = |dir: &str, key: &str| s[dir][key].as_u64().unwrap_or(0);
+        Ok(LinkStats {
+            rx_packets: n("rx", "packets"),
+            rx_dropped: n("rx", "dropped"),
+            tx_packets: n("tx", "packets"),
+            tx_dropped: n("tx", "dropped"),
+        })
+    }
+
+    pub fn server_stats(&self) -> Result<LinkStats> {
+        self.link_stats(&self.pair.server, &self.pair.server_if)
+    }
+
+    pub fn client_stats(&self) -> Result<LinkStats> {
+        self.link_stats(&self.pair.client, &self.pair.client_if)
+    }
+}
+
+pub fn knocker(i: u8) -> Ipv4Addr {
+    let [a, b, c, d] = KNOCKER_BASE;
+    Ipv4Addr::new(a, b, c, d + i)
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LinkStats {
+    pub rx_packets: u64,
+    pub rx_dropped: u64,
+    pub tx_packets: u64,
+    pub tx_dropped: u64,
+}
+
+impl LinkStats {
+    pub fn since(&self, e: &LinkStats) -> LinkStats {
+        LinkStats {
+            rx_packets: self.rx_packets.saturating_sub(e.rx_packets),
+            rx_dropped: self.rx_dropped.saturating_sub(e.rx_dropped),
+            tx_packets: self.tx_packets.saturating_sub(e.tx_packets),
+            tx_dropped: self.tx_dropped.saturating_sub(e.tx_dropped),
+        }
+    }
+}
+
+/// The daemons compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// xknockd as a user runs it: `xknockd -c knockd.conf -i IF`, logging
+    /// knockd's lines to the LogFile and to stderr.
+    Xknockd,
+    /// The same with logging off (no LogFile, RUST_LOG=warn): what the
+    /// knock path costs without knockd's per-knock log lines.
+    XknockdQuiet,
+    /// xknockd with `--xdp-mode skb`: the program runs after the veth has
+    /// queued the frame like any other, instead of in the veth's own XDP ring.
+    XknockdSkb,
+    /// Debian's knockd 0.8, `knockd -i IF -c knockd.conf`, in the foreground.
+    Knockd,
+    /// No daemon and no XDP program: the veth alone (softirq baseline).
+    Bare,
+    /// No daemon, an empty XDP program attached natively: what any XDP
+    /// program costs on this veth before it does anything.
+    EmptyXdp,
+}
+
+impl Kind {
+    pub fn key(self) -> &'static str {
+        match self {
+            Kind::Xknockd => "xknockd",
+            Kind::XknockdQuiet => "xknockd-quiet",
+            Kind::XknockdSkb => "xknockd-skb",
+            Kind::Knockd => "knockd",
+            Kind::Bare => "no-daemon",
+            Kind::EmptyXdp => "empty-xdp",
+        }
+    }
+
+    pub fn is_ours(self) -> bool {
+        matches!(self, Kind::Xknockd | Kind::XknockdQuiet | Kind::XknockdSkb)
+    }
+
+    /// A daemon that can open the door (the others only load the link).
+    pub fn is_daemon(self) -> bool {
+        self == Kind::Knockd || self.is_ours()
+    }
+}
+
+/// knockd.conf for both daemons: one door, knocks 7000 8000 9000 (TCP SYN),
+/// whose command tells the bench which knocker got in.
+fn config(kind: Kind, dir: &Path, fifo: &Path) -> String {
+    let log = match kind {
+        Kind::XknockdQuiet => String::new(),
+        _ => format!("[options]\n\tLogFile = {}\n\n", dir.join("daemon.log").display()),
+    };
+    format!(
+        "{log}[openSSH]\n\tsequence    = 7000,8000,9000\n\tseq_timeout = 5\n\ttcpflags    = syn\n\tcommand     = echo %IP% > {}\n",
+        fifo.display()
+    )
+}
+
+/// A daemon running in the server namespace, stopped when dropped.
+pub struct Running {
+    pub kind: Kind,
+    child: Option<ChildGuard>,
+    /// The daemon's pid; 0 when there is none.
+    pub pid: u32,
+    /// The empty program's XDP link (detached when dropped).
+    _link: Option<std::os::fd::OwnedFd>,
+    pub counters: Option<CounterMap>,
+    pub opens: Opens,
+    pub dir: TempDir,
+}
+
+impl Running {
+    pub fn start(rig: &Rig, kind: Kind) -> Result<Self> {
+        let dir = TempDir::new();
+        let fifo = dir.path("opens.fifo");
+        let opens = Opens::new(&fifo)?;
+        let conf = dir.path("knockd.conf");
+        fs::write(&conf, config(kind, &dir.0, &fifo))?;
+        let out = fs::File::create(dir.path("daemon.out"))?;
+        let pair = &rig.pair;
+        if !kind.is_daemon() {
+            let link = match kind {
+                Kind::EmptyXdp => {
+                    let ifname = pair.server_if.clone();
+                    Some(xknock_tests::netns::in_netns(&pair.server, move || -> Result<_> {
+                        let c = std::ffi::CString::new(ifname)?;
+                        // SAFETY: a valid C string.
+                        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+                        super::bpfmap::attach_empty_xdp(ifindex)
+                    })??)
+                }
+                _ => None,
+            };
+            return Ok(Self { kind, child: None, pid: 0, _link: link, counters: None, opens, dir });
+        }
+        let mut cmd = match kind {
+            Kind::Knockd => {
+                let mut c = pair.server_cmd("knockd");
+                c.args(["-i", &pair.server_if, "-c"]).arg(&conf).arg("-p").arg(dir.path("daemon.pid"));
+                c
+            }
+            _ => {
+                let mut c = pair.server_cmd(rig.bin_dir.join("xknockd").to_str().context("utf-8")?);
+                c.arg("-c").arg(&conf).args(["-i", &pair.server_if, "-p"]).arg(dir.path("daemon.pid"));
+                if kind == Kind::XknockdQuiet {
+                    c.env("RUST_LOG", "warn");
+                }
+                if kind == Kind::XknockdSkb {
+                    c.args(["--xdp-mode", "skb"]);
+                }
+                c
+            }
+        };
+        cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+        // `ip netns exec` execs the daemon, so the child's pid is the daemon's.
+        let child = ChildGuard(cmd.spawn().with_context(|| format!("spawning {}", kind.key()))?);
+        let pid = child.pid();
+        let mut me = Self { kind, child: Some(child), pid, _link: None, counters: None, opens, dir };
+        // xknockd says it is listening on stderr, knockd only in its LogFile;
+        // the quiet xknockd says nothing, so wait for its XDP link instead.
+        let ready_file = if kind == Kind::Knockd { "daemon.log" } else { "daemon.out" };
+        let ready = me.dir.path(ready_file);
+        let is_ready = || {
+            if kind == Kind::XknockdQuiet {
+                rig.link_json(&rig.pair.server, &rig.pair.server_if).is_ok_and(|v| !v[0]["xdp"].is_null())
+            } else {
+                fs::read_to_string(&ready).is_ok_and(|t| t.contains("listening on"))
+            }
+        };
+        let mut up = false;
+        wait_until(Duration::from_secs(30), || {
+            up = is_ready();
+            up || me.child.as_mut().is_some_and(|c| matches!(c.0.try_wait(), Ok(Some(_))))
+        });
+        if !up {
+            bail!(
+                "{} did not start:\n{}{}",
+                kind.key(),
+                fs::read_to_string(&ready).unwrap_or_default(),
+                fs::read_to_string(me.dir.path("daemon.out")).unwrap_or_default()
+            );
+        }
+        if kind == Kind::XknockdQuiet {
+            // Attached; give the event loop a moment to start.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        if kind.is_ours() {
+            me.counters = Some(CounterMap::of_pid(pid)?);
+        } else {
+            // knockd logs before its capture loop spins up.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        Ok(me)
+    }
+
+    pub fn counters(&self) -> Result<Option<Counters>> {
+        self.counters.as_ref().map(|c| c.read()).transpose()
+    }
+
+    /// utime + stime of the daemon, in seconds.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        if self.child.is_none() {
+            return Ok(0.0);
+        }
+        proc_cpu_seconds(self.pid)
+    }
+
+    pub fn rss_kb(&self) -> Result<u64> {
+        if self.child.is_none() {
+            return Ok(0);
+        }
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:")?.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS")
+    }
+
+    /// xknockd's SIGUSR1 line (`stats: ... sources=N evictions=M`), read
+    /// from its stderr: the tracker's size and evictions so far. `None` for
+    /// knockd, for the quiet variant (it logs nothing at info) or if no line
+    /// comes within 5 s.
+    pub fn tracker(&self) -> Option<(u64, u64)> {
+        if !matches!(self.kind, Kind::Xknockd | Kind::XknockdSkb) {
+            return None;
+        }
+        let out = self.dir.path("daemon.out");
+        let lines = || fs::read_to_string(&out).unwrap_or_default().matches("stats: ").count();
+        let before = lines();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid as i32, libc::SIGUSR1) };
+        if !wait_until(Duration::from_secs(5), || lines() > before) {
+            return None;
+        }
+        let text = fs::read_to_string(&out).ok()?;
+        let line = text.lines().rev().find(|l| l.contains("stats: "))?;
+        let field = |name: &str| -> Option<u64> {
+            line.split_whitespace().find_map(|w| w.strip_prefix(name)?.parse().ok())
+        };
+        Some((field("sources=")?, field("evictions=")?))
+    }
+
+    /// SIGTERM, a bounded wait, then SIGKILL (by the guard).
+    pub fn stop(mut self) -> Opens {
+        if let Some(mut child) = self.child.take() {
+            if child.signal_and_wait(libc::SIGTERM, Duration::from_secs(15)).is_none() {
+                eprintln!("bench: {} ignored SIGTERM for 15 s; killing it", self.kind.key());
+            }
+        }
+        self.opens
+    }
+}
+
+pub fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64
+}
+
+pub fn proc_cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which may itself hold spaces.
+    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): utime is field 14, stime 15.
+    let utime: f64 = f.get(11).context("utime")?.parse()?;
+    let stime: f64 = f.get(12).context("stime")?.parse()?;
+    Ok((utime + stime) / clock_ticks())
+}
+
+/// The whole machine's CPU time from /proc/stat, in seconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SysCpu {
+    pub busy: f64,
+    pub softirq: f64,
+    pub total: f64,
+}
+
+impl SysCpu {
+    pub fn now() -> Result<Self> {
+        let stat = fs::read_to_string("/proc/stat")?;
+        let line = stat.lines().next().context("empty /proc/stat")?;
+        let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+        if v.len() < 7 {
+            bail!("short cpu line in /proc/stat");
+        }
+        let hz = clock_ticks();
+        // user nice system idle iowait irq softirq steal (guest is in user).
+        let total: f64 = v.iter().take(8).sum();
+        let idle = v[3] + v[4];
+        Ok(Self { busy: (total - idle) / hz, softirq: v[6] / hz, total: total / hz })
+    }
+
+    pub fn since(&self, e: &SysCpu) -> SysCpu {
+        SysCpu { busy: self.busy - e.busy, softirq: self.softirq - e.softirq, total: self.total - e.total }
+    }
+}
+
+/// The door's command writes the knocker's address into a FIFO; a thread
+/// stamps each line as it arrives.
+pub struct Opens {
+    /// A write end of the FIFO, to wake the reader with STOP.
+    writer: fs::File,
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+const STOP: &str = "bench-stop";
+
+impl Opens {
+    fn new(path: &Path) -> Result<Self> {
+        let c = std::ffi::CString::new(path.to_str().context("utf-8")?)?;
+        // SAFETY: a valid C string.
+        if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("mkfifo");
+        }
+        // Read-write, so opening does not wait for a writer and the reader
+        // never sees end-of-file between commands.
+        let fifo = fs::OpenOptions::new().read(true).write(true).open(path)?;
+        let writer = fifo.try_clone()?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let thread = std::thread::spawn(move || {
+            for line in BufReader::new(fifo).lines().map_while(Result::ok) {
+                let at = Instant::now();
+                if line == STOP {
+                    break;
+                }
+                sink.lock().unwrap().push((at, line));
+            }
+        });
+        Ok(Self { writer, lines, thread: Some(thread) })
+    }
+
+    pub fn snapshot(&self) -> Vec<(Instant, String)> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// Stops the reader and returns every line seen.
+    pub fn finish(mut self) -> Vec<(Instant, String)> {
+        self.shutdown();
+        self.snapshot()
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(t) = self.thread.take() {
+            if writeln!(self.writer, "{STOP}").is_ok() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for Opens {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
