@@ -14,8 +14,16 @@ pub const PROTO_UDP: u8 = 17;
 /// is descheduled.
 pub const RING_BYTES: u32 = 1 << 20;
 
-/// Capacity of the knock-port map (knockd allows 32 steps per door).
-pub const MAX_KNOCK_PORTS: u32 = 4096;
+/// Slots of the per-port arrays: one per (proto, port), TCP then UDP. Array
+/// lookups are inlined by the verifier, so a frame to an ordinary port costs
+/// two loads rather than a hash computation.
+pub const PORT_SLOTS: u32 = 2 * 65_536;
+
+/// The per-port array index of (port, proto).
+#[inline(always)]
+pub const fn port_slot(port: u16, proto: u8) -> u32 {
+    port as u32 | if proto == PROTO_UDP { 1 << 16 } else { 0 }
+}
 /// Capacity of each local/target address map.
 pub const MAX_LOCAL_ADDRS: u32 = 1024;
 
@@ -35,7 +43,7 @@ pub mod counter {
     pub const COUNT: u32 = 8;
 }
 
-/// Key of the knock-port map.
+/// A (port, proto) pair, as the daemon names knock ports.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortKey {
@@ -50,29 +58,24 @@ impl PortKey {
     }
 }
 
-/// Value of the knock-port map: the kernel-side TCP flag pre-filter. When
+/// Value of the knock-port array: the kernel-side TCP flag pre-filter. When
 /// several doors share a port the daemon stores the loosest combination and
-/// checks each door's exact flags itself.
+/// checks each door's exact flags itself. A slot is a knock port only with
+/// `PORT_KNOCK` set.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortRule {
     pub must_set: u8,
     pub must_clear: u8,
-    /// `PORT_STEALTH`: drop the knock after recording it.
+    /// `PORT_KNOCK`, and `PORT_STEALTH`: drop the knock after recording it.
     pub flags: u8,
     pub _pad: u8,
 }
 
 pub const PORT_STEALTH: u8 = 1;
-
-/// Capacity of the gated-port map.
-pub const MAX_GATE_PORTS: u32 = 1024;
+pub const PORT_KNOCK: u8 = 2;
 /// Capacity of the open-window map.
 pub const MAX_WINDOWS: u32 = 65_536;
-
-/// Index 0 of the CONFIG array holds these bits. A plain array lookup is
-/// inlined by the verifier, so the gate costs frames nothing while off.
-pub const CONFIG_GATE_ON: u32 = 1;
 
 /// Key of the open-window map: who may open which port.
 #[repr(C)]
@@ -134,6 +137,7 @@ pub struct KnockEvent {
 }
 
 const _: () = assert!(core::mem::size_of::<PortKey>() == 4);
+const _: () = assert!(port_slot(65_535, PROTO_UDP) < PORT_SLOTS);
 const _: () = assert!(core::mem::size_of::<PortRule>() == 4);
 const _: () = assert!(core::mem::size_of::<AddrMark>() == 4);
 const _: () = assert!(core::mem::size_of::<AllowKey>() == 20);

@@ -4,14 +4,12 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, HashMap},
     programs::XdpContext,
 };
-use knockd_common::{
-    counter, AllowKey, AllowValue, PortKey, CONFIG_GATE_ON, FAMILY_V4, MAX_GATE_PORTS, MAX_WINDOWS, PROTO_TCP,
-};
+use knockd_common::{counter, AllowKey, AllowValue, FAMILY_V4, MAX_WINDOWS, PORT_SLOTS, PROTO_TCP};
 
 use crate::{
     bump,
@@ -21,34 +19,31 @@ use crate::{
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
-/// Index 0: `CONFIG_GATE_ON` and friends.
+/// Non-zero for a gated (proto, port) slot. An array, not a hash, so the
+/// check costs ordinary traffic one inlined load.
 #[map]
-static CONFIG: Array<u32> = Array::with_max_entries(1, 0);
-
-/// Gated (port, proto); the value is unused.
-#[map]
-static GATE_PORTS: HashMap<PortKey, u32> = HashMap::with_max_entries(MAX_GATE_PORTS, 0);
+static GATED: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);
 
 #[map]
 static GATE_ALLOW: HashMap<AllowKey, AllowValue> = HashMap::with_max_entries(MAX_WINDOWS, 0);
 
 #[inline(always)]
-pub fn check(ctx: &XdpContext, l4: &L4, key: PortKey, flags: u8) -> Option<u32> {
-    if CONFIG.get(0).copied().unwrap_or(0) & CONFIG_GATE_ON == 0 {
+pub fn check(ctx: &XdpContext, l4: &L4, slot: u32, port: u16, flags: u8) -> Option<u32> {
+    if GATED.get(slot).copied().unwrap_or(0) == 0 {
         return None;
     }
-    GATE_PORTS.get_ptr(key)?;
     // Packets of established TCP connections pass: a connection opened
     // inside a window outlives it. UDP has no such state here.
     let new_conn = l4.proto != PROTO_TCP || (flags & TCP_SYN != 0 && flags & TCP_ACK == 0);
     if !new_conn {
         return None;
     }
-    let allow = AllowKey { addr: src_addr(ctx, l4)?, port: key.port, proto: key.proto, family: l4.family };
+    let allow = AllowKey { addr: src_addr(ctx, l4)?, port, proto: l4.proto, family: l4.family };
     // SAFETY: the value is plain data; a racing update yields old or new expiry.
     if let Some(v) = unsafe { GATE_ALLOW.get(allow) } {
-        // SAFETY: a helper call with no arguments and no side effects.
-        if v.expires_ns > unsafe { bpf_ktime_get_ns() } {
+        // SAFETY: a helper call with no arguments and no side effects. The
+        // coarse clock lags by at most a tick, so a window may run a tick long.
+        if v.expires_ns > unsafe { bpf_ktime_get_coarse_ns() } {
             bump(counter::GATE_PASS);
             return None;
         }

@@ -8,19 +8,19 @@ mod parse;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use knockd_common::{
-    counter, AddrMark, KnockEvent, PortKey, PortRule, FAMILY_V4, MAX_KNOCK_PORTS, MAX_LOCAL_ADDRS,
+    counter, port_slot, AddrMark, KnockEvent, PortRule, FAMILY_V4, MAX_LOCAL_ADDRS, PORT_KNOCK, PORT_SLOTS,
     PORT_STEALTH, PROTO_TCP, RING_BYTES,
 };
 use parse::{locate_l4, ptr_at, read_be16, read_u8, L4, TCP_HLEN, UDP_HLEN};
 
 #[map]
-static KNOCK_PORTS: HashMap<PortKey, PortRule> = HashMap::with_max_entries(MAX_KNOCK_PORTS, 0);
+static KNOCK_RULES: Array<PortRule> = Array::with_max_entries(PORT_SLOTS, 0);
 
 #[map]
 static LOCAL_V4: HashMap<[u8; 4], AddrMark> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
@@ -50,13 +50,14 @@ fn try_xknock(ctx: &XdpContext) -> Option<u32> {
     ptr_at::<u8>(ctx, l4.l4 + hlen - 1)?;
     let dst_port = read_be16(ctx, l4.l4 + 2)?;
     let flags = if l4.proto == PROTO_TCP { read_u8(ctx, l4.l4 + 13)? } else { 0 };
-    let key = PortKey::new(dst_port, l4.proto);
-    // SAFETY: values are plain integers; a concurrent update can at worst
-    // give us the old or new rule, both valid.
-    if let Some(rule) = unsafe { KNOCK_PORTS.get(key) } {
-        return knock(ctx, &l4, rule, dst_port, flags);
+    let slot = port_slot(dst_port, l4.proto);
+    // A plain array load: a concurrent update gives the old or new rule.
+    if let Some(rule) = KNOCK_RULES.get(slot) {
+        if rule.flags & PORT_KNOCK != 0 {
+            return knock(ctx, &l4, rule, dst_port, flags);
+        }
     }
-    gate::check(ctx, &l4, key, flags)
+    gate::check(ctx, &l4, slot, dst_port, flags)
 }
 
 #[inline(always)]
@@ -131,7 +132,9 @@ fn emit(mut ev: KnockEvent) {
     match EVENTS.reserve::<KnockEvent>(0) {
         Some(mut slot) => {
             // SAFETY: a helper call with no arguments and no side effects.
-            ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+            // The coarse clock (one tick) costs a few ns where the precise one
+            // costs ~30; sequence timeouts are seconds.
+            ev.ts_ns = unsafe { bpf_ktime_get_coarse_ns() };
             slot.write(ev);
             slot.submit(0);
             bump(counter::KNOCK_HITS);

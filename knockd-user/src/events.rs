@@ -82,11 +82,12 @@ impl EventStream {
     }
 }
 
-/// CLOCK_MONOTONIC now, the clock `bpf_ktime_get_ns` uses.
+/// Now on the clock the XDP program stamps events and checks windows with:
+/// CLOCK_MONOTONIC_COARSE, which `bpf_ktime_get_coarse_ns` reads.
 pub fn monotonic_now() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // SAFETY: valid pointer; CLOCK_MONOTONIC_COARSE always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 

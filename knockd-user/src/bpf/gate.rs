@@ -11,8 +11,9 @@ use aya::{
     maps::{Array, HashMap, Map, MapData},
     Ebpf,
 };
-use knockd_common::{AllowKey, AllowValue, PortKey, CONFIG_GATE_ON, DOOR_NAME_LEN, FAMILY_V4, FAMILY_V6};
+use knockd_common::{port_slot, AllowKey, AllowValue, DOOR_NAME_LEN, FAMILY_V4, FAMILY_V6};
 
+use super::slots;
 use crate::{
     config::model::{Backend, Proto, Step},
     events::monotonic_now,
@@ -20,13 +21,15 @@ use crate::{
 };
 
 /// Maps pinned so that windows and the closed set survive the daemon.
-pub const PINNED_MAPS: &[&str] = &["GATE_PORTS", "GATE_ALLOW"];
+pub const PINNED_MAPS: &[&str] = &["GATED", "GATE_ALLOW"];
 
 pub struct XdpGate {
-    ports: HashMap<MapData, PortKey, u32>,
+    /// Non-zero per gated (proto, port) slot.
+    gated: Array<MapData, u8>,
+    /// What `gated` holds; read back from the pinned array at start, since an
+    /// earlier run may have left slots set.
+    shadow: std::collections::BTreeMap<u32, u8>,
     allow: HashMap<MapData, AllowKey, AllowValue>,
-    /// The running program's switch; absent when only reading pins (--status).
-    config: Option<Array<MapData, u32>>,
     dir: PathBuf,
 }
 
@@ -37,10 +40,9 @@ fn err(e: impl std::fmt::Display) -> GateError {
 impl XdpGate {
     pub(super) fn from_ebpf(ebpf: &mut Ebpf, dir: &Path) -> Result<Self, GateError> {
         let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| err(format!("map {name} missing")));
-        let ports = HashMap::try_from(take("GATE_PORTS")?).map_err(err)?;
+        let gated = Array::try_from(take("GATED")?).map_err(err)?;
         let allow = HashMap::try_from(take("GATE_ALLOW")?).map_err(err)?;
-        let config = Some(Array::try_from(take("CONFIG")?).map_err(err)?);
-        Ok(Self { ports, allow, config, dir: dir.to_path_buf() })
+        Ok(Self::new(gated, allow, dir))
     }
 
     /// Opens the pinned maps of a gate some (possibly dead) daemon left, for
@@ -53,16 +55,18 @@ impl XdpGate {
                 why: format!("no pinned map at {} ({e})", path.display()),
             })
         };
-        let ports = HashMap::try_from(Map::HashMap(open("GATE_PORTS")?)).map_err(err)?;
+        let gated = Array::try_from(Map::Array(open("GATED")?)).map_err(err)?;
         let allow = HashMap::try_from(Map::HashMap(open("GATE_ALLOW")?)).map_err(err)?;
-        Ok(Self { ports, allow, config: None, dir: dir.to_path_buf() })
+        Ok(Self::new(gated, allow, dir))
     }
 
-    fn set_enabled(&mut self, on: bool) -> Result<(), GateError> {
-        match &mut self.config {
-            Some(c) => c.set(0, if on { CONFIG_GATE_ON } else { 0 }, 0).map_err(err),
-            None => Err(err("not attached to a running program")),
-        }
+    fn new(gated: Array<MapData, u8>, allow: HashMap<MapData, AllowKey, AllowValue>, dir: &Path) -> Self {
+        let shadow = slots::scan(&gated);
+        Self { gated, shadow, allow, dir: dir.to_path_buf() }
+    }
+
+    fn set_gated(&mut self, wanted: std::collections::BTreeMap<u32, u8>) -> Result<(), GateError> {
+        slots::sync(&mut self.gated, &mut self.shadow, wanted).map_err(err)
     }
 }
 
@@ -112,17 +116,8 @@ impl Gate for XdpGate {
     }
 
     fn install(&mut self, protected: &[Protected]) -> Result<(), GateError> {
-        let wanted: Vec<PortKey> =
-            protected.iter().map(|p| PortKey::new(p.port.port, p.port.proto.number())).collect();
-        for k in &wanted {
-            self.ports.insert(k, 1, 0).map_err(err)?;
-        }
-        let stale: Vec<PortKey> =
-            self.ports.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
-        for k in stale {
-            self.ports.remove(&k).map_err(err)?;
-        }
-        self.set_enabled(!wanted.is_empty())
+        let wanted = protected.iter().map(|p| (port_slot(p.port.port, p.port.proto.number()), 1)).collect();
+        self.set_gated(wanted)
     }
 
     fn open(&mut self, door: &str, src: IpAddr, ports: &[Step], duration: Duration) -> Result<(), GateError> {
@@ -162,13 +157,7 @@ impl Gate for XdpGate {
 
     fn flush(&mut self) -> Result<(), GateError> {
         self.close_windows()?;
-        let keys: Vec<PortKey> = self.ports.keys().filter_map(Result::ok).collect();
-        for k in keys {
-            self.ports.remove(&k).map_err(err)?;
-        }
-        if self.config.is_some() {
-            self.set_enabled(false)?;
-        }
+        self.set_gated(Default::default())?;
         remove_pins(&self.dir)
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod gate;
 mod pins;
+mod slots;
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
@@ -11,11 +12,11 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, Xdp, XdpMode},
     Ebpf, EbpfError, EbpfLoader,
 };
-use knockd_common::{counter, AddrMark, PortKey, PortRule};
+use knockd_common::{counter, port_slot, AddrMark, PortKey, PortRule, PORT_KNOCK};
 use thiserror::Error;
 
 /// The XDP object, built by build.rs for the BPF target.
@@ -71,6 +72,8 @@ pub struct XdpKnocker {
     /// Set when the XDP gate is in use: the gate maps and the links are
     /// pinned here so the gate outlives the daemon (fails closed).
     pins: Option<PathBuf>,
+    /// What KNOCK_RULES holds, so a sync touches only changed slots.
+    knock_slots: BTreeMap<u32, PortRule>,
 }
 
 impl XdpKnocker {
@@ -93,7 +96,12 @@ impl XdpKnocker {
         }
         let mut ebpf = loader.load(XDP_OBJECT)?;
         program_mut(&mut ebpf)?.load()?;
-        Ok(Self { ebpf, attached: Vec::new(), pins: pins.map(Path::to_path_buf) })
+        Ok(Self {
+            ebpf,
+            attached: Vec::new(),
+            pins: pins.map(Path::to_path_buf),
+            knock_slots: BTreeMap::new(),
+        })
     }
 
     /// Attaches to `iface`; returns the mode that worked. With pins, a link
@@ -135,13 +143,16 @@ impl XdpKnocker {
         Ok(prog.try_into()?)
     }
 
-    /// Makes the knock-port map equal `wanted`. New entries go in before stale
-    /// ones leave, so a port present in both configs is never unmatched.
+    /// Makes the knock-port array hold exactly `wanted`. New entries go in
+    /// before stale ones leave, so a port in both configs is never unmatched.
     pub fn set_knock_ports(&mut self, wanted: &BTreeMap<PortKey, PortRule>) -> Result<(), BpfError> {
-        let map = self.map_mut("KNOCK_PORTS")?;
-        let mut ports: HashMap<_, PortKey, PortRule> =
-            HashMap::try_from(map).map_err(map_err("KNOCK_PORTS"))?;
-        sync_map(&mut ports, wanted, "KNOCK_PORTS")
+        let wanted: BTreeMap<u32, PortRule> = wanted
+            .iter()
+            .map(|(k, r)| (port_slot(k.port, k.proto), PortRule { flags: r.flags | PORT_KNOCK, ..*r }))
+            .collect();
+        let map = self.ebpf.map_mut("KNOCK_RULES").ok_or(BpfError::MissingMap("KNOCK_RULES"))?;
+        let mut rules: Array<_, PortRule> = Array::try_from(map).map_err(map_err("KNOCK_RULES"))?;
+        slots::sync(&mut rules, &mut self.knock_slots, wanted).map_err(map_err("KNOCK_RULES"))
     }
 
     /// Makes the address maps hold exactly `addrs` (local addresses and targets).
