@@ -27,6 +27,10 @@ fn tcp_and_udp_over_ipv4_and_ipv6_reach_the_daemon() {
         return;
     }
     let mut rig = Server::start("xknockd.yaml", CONFIG, &[]).unwrap();
+    // --xdp-mode auto picks skb on veth, whose native path drops under load.
+    rig.daemon.wait_for("veth, attaching in skb mode", WAIT).unwrap();
+    let link = rig.pair.in_ns(&rig.pair.server, &["ip", "link", "show", &rig.pair.server_if]).unwrap();
+    assert!(String::from_utf8_lossy(&link.stdout).contains("xdpgeneric"), "generic XDP on the veth");
     for (server, client) in [(SERVER_V4, CLIENT_V4), (SERVER_V6, CLIENT_V6)] {
         rig.knock(&[server, "7000"]);
         rig.daemon.wait_for(&format!("knock {client} -> {server} 7000:tcp"), WAIT).unwrap();
