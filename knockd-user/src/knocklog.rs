@@ -26,6 +26,10 @@ pub struct LogConfig {
     pub log_file: Option<PathBuf>,
     /// `UseSyslog`: facility user, level notice, as knockd does.
     pub use_syslog: bool,
+    /// Also through the `log` crate to stderr. Off when a file or syslog
+    /// takes the lines (unless -v/-D): a second copy of every line costs a
+    /// write per knock under a flood.
+    pub echo: bool,
 }
 
 /// knockd's log sinks. Shareable across threads; every method takes `&self`.
@@ -59,7 +63,9 @@ impl KnockLog {
         if self.cfg.use_syslog {
             write_syslog(&msg);
         }
-        log::info!("{msg}");
+        if self.cfg.echo {
+            log::info!("{msg}");
+        }
     }
 
     /// Reopens the log file after logrotate moved it away (SIGHUP), then logs
@@ -357,7 +363,7 @@ mod tests {
     #[test]
     fn file_lines_carry_knockd_prefix() {
         let path = temp_path("prefix");
-        let log = KnockLog::open(LogConfig { log_file: Some(path.clone()), use_syslog: false }).unwrap();
+        let log = KnockLog::open(LogConfig { log_file: Some(path.clone()), use_syslog: false, echo: false }).unwrap();
         log.line(&open_sesame(V4, "openSSH"));
         log.line("two\nlines");
         let got = lines(&path);
@@ -370,7 +376,7 @@ mod tests {
     fn reopen_after_logrotate() {
         let path = temp_path("rotate");
         let rotated = path.with_extension("log.1");
-        let log = KnockLog::open(LogConfig { log_file: Some(path.clone()), use_syslog: false }).unwrap();
+        let log = KnockLog::open(LogConfig { log_file: Some(path.clone()), use_syslog: false, echo: false }).unwrap();
         log.line("before");
         std::fs::rename(&path, &rotated).unwrap();
         log.line("after rename");
@@ -384,7 +390,7 @@ mod tests {
 
     #[test]
     fn failing_file_write_does_not_panic() {
-        let log = KnockLog::open(LogConfig { log_file: Some("/dev/full".into()), use_syslog: false });
+        let log = KnockLog::open(LogConfig { log_file: Some("/dev/full".into()), use_syslog: false, echo: false });
         // /dev/full may be missing in odd sandboxes; the point is only that line() survives.
         if let Ok(log) = log {
             log.line("disk full");
@@ -397,7 +403,7 @@ mod tests {
         log.line("plain");
         log.reopen().unwrap();
         // Sent to the machine's syslog: a "%n" read as a format would crash here.
-        let log = KnockLog::open(LogConfig { log_file: None, use_syslog: true }).unwrap();
+        let log = KnockLog::open(LogConfig { log_file: None, use_syslog: true, echo: false }).unwrap();
         log.line("xknockd test: 100% %s %n %x");
     }
 
@@ -405,7 +411,7 @@ mod tests {
     fn sink_writes_through() {
         let path = temp_path("sink");
         let log =
-            Arc::new(KnockLog::open(LogConfig { log_file: Some(path.clone()), use_syslog: false }).unwrap());
+            Arc::new(KnockLog::open(LogConfig { log_file: Some(path.clone()), use_syslog: false, echo: false }).unwrap());
         (log.sink())("via sink".to_owned());
         assert_eq!(strip_prefix(&lines(&path)[0]), "via sink");
     }

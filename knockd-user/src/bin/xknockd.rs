@@ -59,10 +59,10 @@ fn real_main(args: DaemonArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let opts = run_options(&args, &cfg);
-    let log_cfg = LogConfig {
-        log_file: args.logfile.clone().or_else(|| cfg.options.log_file.clone()),
-        use_syslog: cfg.options.use_syslog,
-    };
+    let log_file = args.logfile.clone().or_else(|| cfg.options.log_file.clone());
+    let use_syslog = cfg.options.use_syslog;
+    let echo = (log_file.is_none() && !use_syslog) || args.verbose || args.debug;
+    let log_cfg = LogConfig { log_file, use_syslog, echo };
     let pid_path: PathBuf =
         args.pidfile.clone().or_else(|| cfg.options.pid_file.clone()).unwrap_or(DEFAULT_PIDFILE.into());
     let ready = if args.daemon { Some(daemonize().context("detaching")?) } else { None };

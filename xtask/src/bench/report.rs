@@ -141,14 +141,14 @@ fn verdicts(r: &Results) -> Vec<Target> {
         }
         all &= a.sent() > 0 && a.opened() == a.sent();
         let k = Agg::of(r, Kind::Knockd, shape);
-        let skb = Agg::of(r, Kind::XknockdSkb, shape);
-        let skb = if skb.is_empty() {
+        let native = Agg::of(r, Kind::XknockdNative, shape);
+        let native = if native.is_empty() {
             String::new()
         } else {
-            format!(", xknockd --xdp-mode skb {}/{}", skb.opened(), skb.sent())
+            format!(", xknockd --xdp-mode native {}/{}", native.opened(), native.sent())
         };
         ev.push(format!(
-            "shape {}: {}/{} (knockd {}/{}{skb}) at {:.2} Mpps",
+            "shape {}: {}/{} (knockd {}/{}{native}) at {:.2} Mpps",
             shape.key(),
             a.opened(),
             a.sent(),
@@ -420,7 +420,7 @@ fn markdown(r: &Results, verdicts: &[Target]) -> String {
         "\n## 2. Floods, side by side with knockd 0.8\n\nTwo namespaces joined by veth. The generator (xtask's, AF_PACKET + sendmmsg, {} threads, spoofed random IPv4 sources, valid checksums) floods the server veth from the client namespace for {:.1} s per run. xknockd runs first, as fast as the generator goes; knockd{} then gets the same generator paced at the rate xknockd's run reached. Both read the same knockd.conf (one door, 7000,8000,9000, `tcpflags = syn`, `LogFile` in a temp dir) whose `command` writes the knocker's address into a FIFO the bench reads. During each flood {} real sequences are sent with `xknock -v` from the client namespace, each from its own address (10.77.0.100+), spread over the flood; latency is from the moment `xknock -v` prints its last hit to the moment the command's line arrives. {} trial(s); CPU and rates are medians over trials, counts are sums, latency percentiles pool all trials.\n",
         p.flood.threads,
         p.flood.duration.as_secs_f64(),
-        if p.variants { " (and xknockd with logging off, and with `--xdp-mode skb`)" } else { "" },
+        if p.variants { " (and xknockd with logging off, and with `--xdp-mode native`)" } else { "" },
         p.flood.sequences,
         p.trials
     );
@@ -512,7 +512,7 @@ fn markdown(r: &Results, verdicts: &[Target]) -> String {
         }
         if *shape == Shape::NonKnock {
             // No flood frame hits a knock port here: every knock event is a real knock.
-            for k in [Kind::Xknockd, Kind::XknockdSkb] {
+            for k in [Kind::Xknockd, Kind::XknockdNative] {
                 let x = Agg::of(r, k, *shape);
                 if let Some(hits) = x.counter(counter::KNOCK_HITS).filter(|_| !x.is_empty()) {
                     let sent = 3 * x.runs.iter().map(|f| f.sent_sequences).sum::<usize>();
@@ -589,7 +589,7 @@ fn markdown(r: &Results, verdicts: &[Target]) -> String {
 }
 
 fn kinds(r: &Results, shape: Shape) -> Vec<Kind> {
-    [Kind::Xknockd, Kind::Knockd, Kind::XknockdQuiet, Kind::XknockdSkb, Kind::Bare, Kind::EmptyXdp]
+    [Kind::Xknockd, Kind::Knockd, Kind::XknockdQuiet, Kind::XknockdNative, Kind::Bare, Kind::EmptyXdp]
         .into_iter()
         .filter(|&k| r.floods.iter().any(|f| f.kind == k && f.shape == shape))
         .collect()

@@ -151,9 +151,10 @@ pub enum Kind {
     /// The same with logging off (no LogFile, RUST_LOG=warn): what the
     /// knock path costs without knockd's per-knock log lines.
     XknockdQuiet,
-    /// xknockd with `--xdp-mode skb`: the program runs after the veth has
-    /// queued the frame like any other, instead of in the veth's own XDP ring.
-    XknockdSkb,
+    /// xknockd with `--xdp-mode native`: the program runs in the veth's own
+    /// 256-slot XDP ring, which drops frames under a flood. (The default,
+    /// `auto`, attaches in skb mode on veth for that reason.)
+    XknockdNative,
     /// Debian's knockd 0.8, `knockd -i IF -c knockd.conf`, in the foreground.
     Knockd,
     /// No daemon and no XDP program: the veth alone (softirq baseline).
@@ -168,7 +169,7 @@ impl Kind {
         match self {
             Kind::Xknockd => "xknockd",
             Kind::XknockdQuiet => "xknockd-quiet",
-            Kind::XknockdSkb => "xknockd-skb",
+            Kind::XknockdNative => "xknockd-native",
             Kind::Knockd => "knockd",
             Kind::Bare => "no-daemon",
             Kind::EmptyXdp => "empty-xdp",
@@ -176,7 +177,7 @@ impl Kind {
     }
 
     pub fn is_ours(self) -> bool {
-        matches!(self, Kind::Xknockd | Kind::XknockdQuiet | Kind::XknockdSkb)
+        matches!(self, Kind::Xknockd | Kind::XknockdQuiet | Kind::XknockdNative)
     }
 
     /// A daemon that can open the door (the others only load the link).
@@ -247,8 +248,8 @@ impl Running {
                 if kind == Kind::XknockdQuiet {
                     c.env("RUST_LOG", "warn");
                 }
-                if kind == Kind::XknockdSkb {
-                    c.args(["--xdp-mode", "skb"]);
+                if kind == Kind::XknockdNative {
+                    c.args(["--xdp-mode", "native"]);
                 }
                 c
             }
@@ -323,7 +324,7 @@ impl Running {
     /// knockd, for the quiet variant (it logs nothing at info) or if no line
     /// comes within 5 s.
     pub fn tracker(&self) -> Option<(u64, u64)> {
-        if !matches!(self.kind, Kind::Xknockd | Kind::XknockdSkb) {
+        if !matches!(self.kind, Kind::Xknockd | Kind::XknockdNative) {
             return None;
         }
         let out = self.dir.path("daemon.out");
