@@ -68,6 +68,17 @@ impl KnockLog {
         }
     }
 
+    /// A rare lifecycle line (start, stop, reload): like `line`, but always
+    /// on stderr too, so service managers see it whatever the sinks.
+    pub fn notice(&self, msg: &str) {
+        let msg = one_line(msg);
+        self.write_file(&msg);
+        if self.cfg.use_syslog {
+            write_syslog(&msg);
+        }
+        log::info!("{msg}");
+    }
+
     /// Reopens the log file after logrotate moved it away (SIGHUP), then logs
     /// `re-opening log file: PATH`, which lands in the new file. A no-op without a log file.
     /// On error the old file stays in use.
@@ -363,7 +374,8 @@ mod tests {
     #[test]
     fn file_lines_carry_knockd_prefix() {
         let path = temp_path("prefix");
-        let log = KnockLog::open(LogConfig { log_file: Some(path.clone()), use_syslog: false, echo: false }).unwrap();
+        let log = KnockLog::open(LogConfig { log_file: Some(path.clone()), use_syslog: false, echo: false })
+            .unwrap();
         log.line(&open_sesame(V4, "openSSH"));
         log.line("two\nlines");
         let got = lines(&path);
@@ -376,7 +388,8 @@ mod tests {
     fn reopen_after_logrotate() {
         let path = temp_path("rotate");
         let rotated = path.with_extension("log.1");
-        let log = KnockLog::open(LogConfig { log_file: Some(path.clone()), use_syslog: false, echo: false }).unwrap();
+        let log = KnockLog::open(LogConfig { log_file: Some(path.clone()), use_syslog: false, echo: false })
+            .unwrap();
         log.line("before");
         std::fs::rename(&path, &rotated).unwrap();
         log.line("after rename");
@@ -390,7 +403,8 @@ mod tests {
 
     #[test]
     fn failing_file_write_does_not_panic() {
-        let log = KnockLog::open(LogConfig { log_file: Some("/dev/full".into()), use_syslog: false, echo: false });
+        let log =
+            KnockLog::open(LogConfig { log_file: Some("/dev/full".into()), use_syslog: false, echo: false });
         // /dev/full may be missing in odd sandboxes; the point is only that line() survives.
         if let Ok(log) = log {
             log.line("disk full");
@@ -410,8 +424,10 @@ mod tests {
     #[test]
     fn sink_writes_through() {
         let path = temp_path("sink");
-        let log =
-            Arc::new(KnockLog::open(LogConfig { log_file: Some(path.clone()), use_syslog: false, echo: false }).unwrap());
+        let log = Arc::new(
+            KnockLog::open(LogConfig { log_file: Some(path.clone()), use_syslog: false, echo: false })
+                .unwrap(),
+        );
         (log.sink())("via sink".to_owned());
         assert_eq!(strip_prefix(&lines(&path)[0]), "via sink");
     }

@@ -107,7 +107,8 @@ fn start_up(
     let pid =
         PidFile::create(pid_path).with_context(|| format!("writing pid file {}", pid_path.display()))?;
     let log = Arc::new(KnockLog::open(log_cfg).context("opening the log file")?);
-    let daemon = Daemon::start(cfg, opts, log.clone()).inspect_err(|e| log.line(&format!("fatal: {e:#}")))?;
+    let daemon =
+        Daemon::start(cfg, opts, log.clone()).inspect_err(|e| log.notice(&format!("fatal: {e:#}")))?;
     Ok((pid, daemon))
 }
 

@@ -91,7 +91,7 @@ impl Daemon {
         let mut int = signal(SignalKind::interrupt())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut usr1 = signal(SignalKind::user_defined1())?;
-        self.log.line(&knocklog::starting_up(&self.opts.interfaces));
+        self.log.notice(&knocklog::starting_up(&self.opts.interfaces));
         let mut batch = Vec::new();
         loop {
             let deadline = self.purge_sleep();
@@ -265,7 +265,7 @@ impl Daemon {
     }
 
     async fn shutdown(mut self) {
-        self.log.line(&knocklog::shutting_down());
+        self.log.notice(&knocklog::shutting_down());
         log::info!("{}", self.stats());
         // Windows end; protected ports stay closed (fail closed).
         self.gates.close_windows();

@@ -11,13 +11,13 @@ use crate::{
 
 impl Daemon {
     pub(super) fn reload(&mut self) {
-        self.log.line(&knocklog::rereading(self.cfg.path.display()));
+        self.log.notice(&knocklog::rereading(self.cfg.path.display()));
         if let Err(e) = self.log.reopen() {
             log::error!("re-opening the log file: {e}");
         }
         match config::load(&self.cfg.path) {
             Ok(new) => self.apply(new),
-            Err(e) => self.log.line(&format!("config error, keeping the running config: {e}")),
+            Err(e) => self.log.notice(&format!("config error, keeping the running config: {e}")),
         }
     }
 
@@ -25,14 +25,14 @@ impl Daemon {
     /// leave), then the tracker, which keeps knocks on unchanged doors.
     pub(super) fn apply(&mut self, new: Config) {
         if let Err(e) = self.gates.sync(&new, &mut self.knocker) {
-            self.log.line(&format!("updating the gates failed, keeping the running config: {e:#}"));
+            self.log.notice(&format!("updating the gates failed, keeping the running config: {e:#}"));
             if let Err(e) = self.gates.sync(&self.cfg, &mut self.knocker) {
                 log::error!("restoring the gates: {e:#}");
             }
             return;
         }
         if let Err(e) = self.knocker.set_knock_ports(&kernel_ports(&new)) {
-            self.log.line(&format!("updating the knock-port map failed, keeping the running config: {e}"));
+            self.log.notice(&format!("updating the knock-port map failed, keeping the running config: {e}"));
             // Put back what the old config needs; the map may be half-updated.
             if let Err(e) = self.knocker.set_knock_ports(&kernel_ports(&self.cfg)) {
                 log::error!("restoring the knock-port map: {e}");
