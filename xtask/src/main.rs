@@ -119,7 +119,15 @@ fn run(release: bool, args: &[String]) -> Result<()> {
 fn test() -> Result<()> {
     setup::run()?;
     println!("== unprivileged tests");
-    check(&mut cargo(&["test", "--workspace", "--exclude", "xknock-tests", "--exclude", "knockd-ebpf"])?)?;
+    let mut tally = Tally::default();
+    tally.run(&mut cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "xknock-tests",
+        "--exclude",
+        "knockd-ebpf",
+    ])?)?;
     println!("== privileged end-to-end tests");
     build(false)?;
     let mut e2e = cargo(&["test", "--package", "xknock-tests", "--", "--test-threads=1"])?;
@@ -130,7 +138,7 @@ fn test() -> Result<()> {
     } else {
         println!("not root: privileged tests will report SKIPPED");
     }
-    check(&mut e2e)?;
+    tally.run(&mut e2e)?;
     if is_root() {
         println!("== demo");
         demo::run(&bin_dir(false))?;
@@ -138,5 +146,64 @@ fn test() -> Result<()> {
         println!("== bench --quick");
         bench::run(true, true)?;
     }
+    // One closing line for the whole run: the per-binary summaries above end
+    // with doc-test runs that have nothing to run.
+    println!("{} passed, {} failed", tally.passed, tally.failed);
     Ok(())
+}
+
+/// Sums cargo's `test result:` lines while passing its output through.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    fn run(&mut self, cmd: &mut Command) -> Result<()> {
+        use std::io::{BufRead, BufReader};
+        let mut child =
+            cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("spawning {cmd:?}"))?;
+        for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+            let line = line?;
+            println!("{line}");
+            self.count(&line);
+        }
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("{cmd:?} failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// `test result: ok. 11 passed; 0 failed; 0 ignored; ...`
+    fn count(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else { return };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+            let n: u64 = n.parse().unwrap_or(0);
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn tally_sums_cargo_summaries() {
+        let mut t = Tally::default();
+        t.count(
+            "test result: ok. 11 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.15s",
+        );
+        t.count("test result: FAILED. 9 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.16s");
+        t.count("running 3 tests");
+        assert_eq!((t.passed, t.failed), (20, 1));
+    }
 }
