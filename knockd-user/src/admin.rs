@@ -15,7 +15,7 @@ const ALL: [Backend; 3] = [Backend::Nftables, Backend::Iptables, Backend::Xdp];
 pub fn status(cfg: &Config) -> Result<String, GateError> {
     let mut rows: Vec<Window> = Vec::new();
     for (backend, _) in protected_by_backend(cfg) {
-        let gate = gates::build(backend, cfg, None)?;
+        let gate = gates::build(backend, &cfg.options.bpffs_dir, None)?;
         rows.extend(gate.windows()?);
     }
     Ok(render(&rows))
@@ -35,20 +35,16 @@ pub fn render(rows: &[Window]) -> String {
     out
 }
 
-/// Removes what every backend owns. A backend that is not present (no nft,
-/// nothing pinned) has nothing to remove and is reported, not failed.
-pub fn flush(cfg: &Config) -> Vec<(Backend, Result<(), GateError>)> {
+/// Removes what every backend owns; only the xdp backend needs a place (its
+/// bpffs pins). A backend that is not present (no nft, nothing pinned) has
+/// nothing to remove and is reported, not failed.
+pub fn flush(bpffs_dir: &Path) -> Vec<(Backend, Result<(), GateError>)> {
     ALL.iter()
         .map(|&b| {
-            let res = gates::build(b, cfg, None).and_then(|mut g| g.flush());
+            let res = gates::build(b, bpffs_dir, None).and_then(|mut g| g.flush());
             (b, res)
         })
         .collect()
-}
-
-/// `bpffs_dir` for `--flush` when no config is readable.
-pub fn default_bpffs() -> &'static Path {
-    Path::new(crate::config::model::DEFAULT_BPFFS_DIR)
 }
 
 #[cfg(test)]

@@ -7,7 +7,10 @@ use clap::Parser;
 use xknock::{
     admin,
     cli::{DaemonArgs, DEFAULT_PIDFILE},
-    config::{self, model::Config},
+    config::{
+        self,
+        model::{Config, DEFAULT_BPFFS_DIR},
+    },
     daemon::{Daemon, RunOptions},
     gate::GateError,
     knocklog::{KnockLog, LogConfig},
@@ -112,16 +115,12 @@ fn start_up(
     Ok((pid, daemon))
 }
 
-/// `--flush` works without a readable config: it then uses the defaults.
+/// `--flush` works without a readable config: it then uses the default
+/// bpffs directory.
 fn flush(cfg: Option<Config>) -> ExitCode {
-    let cfg = cfg.unwrap_or_else(|| {
-        let mut c = config::parse_str("doors:\n  none:\n    sequence: [1]\n", std::path::Path::new("-"))
-            .expect("built-in config parses");
-        c.options.bpffs_dir = admin::default_bpffs().to_path_buf();
-        c
-    });
+    let bpffs_dir = cfg.map_or_else(|| PathBuf::from(DEFAULT_BPFFS_DIR), |c| c.options.bpffs_dir);
     let mut failed = false;
-    for (backend, res) in admin::flush(&cfg) {
+    for (backend, res) in admin::flush(&bpffs_dir) {
         match res {
             Ok(()) => println!("{backend:?}: flushed"),
             Err(GateError::Unavailable { why, .. }) => println!("{backend:?}: nothing to flush ({why})"),

@@ -68,15 +68,6 @@ pub fn kernel_addrs(local: &BTreeSet<IpAddr>, doors: &[Door], only_v4: bool) -> 
     out
 }
 
-/// Writes IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) as plain IPv4, so one
-/// knocker is one source whichever way the stack reported it.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::{path::PathBuf, time::Duration};
@@ -179,9 +170,13 @@ mod tests {
         assert!(v4.keys().all(IpAddr::is_ipv4) && v4.len() == 2);
     }
 
+    /// The daemon relies on std's canonical form to make a mapped IPv6
+    /// source and its IPv4 address one knocker.
     #[test]
     fn mapped_v6_becomes_v4() {
-        assert_eq!(canonical("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.3".parse::<IpAddr>().unwrap());
-        assert_eq!(canonical("fd00::1".parse().unwrap()), "fd00::1".parse::<IpAddr>().unwrap());
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(mapped.to_canonical(), "10.1.2.3".parse::<IpAddr>().unwrap());
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert_eq!(v6.to_canonical(), "fd00::1".parse::<IpAddr>().unwrap());
     }
 }

@@ -5,6 +5,7 @@
 use std::{
     collections::{btree_map::Entry, BTreeMap},
     net::IpAddr,
+    path::Path,
 };
 
 use anyhow::{Context, Result};
@@ -35,7 +36,7 @@ fn key(b: Backend) -> BackendKey {
 /// program and maps.
 pub fn build(
     backend: Backend,
-    cfg: &Config,
+    bpffs_dir: &Path,
     knocker: Option<&mut XdpKnocker>,
 ) -> Result<Box<dyn Gate>, GateError> {
     match backend {
@@ -43,7 +44,7 @@ pub fn build(
         Backend::Iptables => Ok(Box::new(IptablesGate::new()?)),
         Backend::Xdp => match knocker {
             Some(k) => Ok(Box::new(k.gate()?)),
-            None => Ok(Box::new(crate::bpf::gate::XdpGate::from_pins(&cfg.options.bpffs_dir)?)),
+            None => Ok(Box::new(crate::bpf::gate::XdpGate::from_pins(bpffs_dir)?)),
         },
     }
 }
@@ -57,7 +58,8 @@ impl Gates {
             let gate = match self.gates.entry(key(*backend)) {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(e) => e.insert(
-                    build(*backend, cfg, Some(&mut *knocker)).with_context(|| format!("{backend:?} gate"))?,
+                    build(*backend, &cfg.options.bpffs_dir, Some(&mut *knocker))
+                        .with_context(|| format!("{backend:?} gate"))?,
                 ),
             };
             gate.install(protected).with_context(|| format!("installing the {backend:?} gate"))?;

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-pub use doors::{canonical, door_spec, kernel_addrs, kernel_ports};
+pub use doors::{door_spec, kernel_addrs, kernel_ports};
 
 use crate::{
     addrs::{local_addrs, AddrWatcher},
@@ -142,12 +142,13 @@ impl Daemon {
     async fn handle_batch(&mut self, batch: &mut Vec<KnockRecord>) {
         let mut out = Vec::new();
         for rec in batch.drain(..) {
-            let src = canonical(rec.src);
+            // One knocker is one source whichever way the stack reported it.
+            let src = rec.src.to_canonical();
             if self.opts.only_ipv4 && src.is_ipv6() {
                 continue;
             }
             log::debug!("knock {} -> {} {} flags {:#04x}", src, rec.dst, rec.step, rec.tcp_flags);
-            let dst = canonical(rec.dst);
+            let dst = rec.dst.to_canonical();
             let knock = Knock {
                 src,
                 dst,
