@@ -24,7 +24,8 @@ impl L4 {
         Self { proto: UDP, sport: 40000, dport, flags: 0 }
     }
 
-    fn bytes(&self) -> Vec<u8> {
+    /// The bare L4 header, as a raw socket sends it.
+    pub fn bytes(&self) -> Vec<u8> {
         let mut b = Vec::new();
         b.extend(self.sport.to_be_bytes());
         b.extend(self.dport.to_be_bytes());

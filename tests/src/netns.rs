@@ -193,35 +193,10 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
 /// Sends one bare TCP segment with the given flags from a raw socket (the
 /// kernel adds the IPv4 header). Call inside `in_netns`.
 pub fn send_tcp_flags(dst: std::net::Ipv4Addr, dport: u16, flags: u8) -> std::io::Result<()> {
-    // SAFETY: plain socket calls on a buffer we own; the fd is closed below.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut seg = [0u8; 20];
-        seg[0..2].copy_from_slice(&40001u16.to_be_bytes());
-        seg[2..4].copy_from_slice(&dport.to_be_bytes());
-        seg[12] = 5 << 4;
-        seg[13] = flags;
-        seg[14..16].copy_from_slice(&1024u16.to_be_bytes());
-        let mut sa: libc::sockaddr_in = std::mem::zeroed();
-        sa.sin_family = libc::AF_INET as u16;
-        sa.sin_addr.s_addr = u32::from(dst).to_be();
-        let n = libc::sendto(
-            fd,
-            seg.as_ptr().cast(),
-            seg.len(),
-            0,
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        );
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        if n < 0 {
-            return Err(err);
-        }
-    }
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP))?;
+    let segment = crate::frames::L4::tcp(dport, flags).bytes();
+    sock.send_to(&segment, &std::net::SocketAddr::from((dst, 0)).into())?;
     Ok(())
 }
 
