@@ -40,7 +40,11 @@ pub mod counter {
     pub const GATE_PASS: u32 = 6;
     /// Knock packets dropped because their door is stealthy.
     pub const STEALTH_DROP: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Frames dropped because they could not be fully classified while a
+    /// gate was active, and Linux might still have delivered them as a new
+    /// connection to a gated port (fail closed).
+    pub const UNCLASSIFIED_DROP: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// A (port, proto) pair, as the daemon names knock ports.
@@ -74,6 +78,10 @@ pub struct PortRule {
 
 pub const PORT_STEALTH: u8 = 1;
 pub const PORT_KNOCK: u8 = 2;
+/// The `GATED` slot of TCP port 0, which no protected port can use: non-zero
+/// while any port is gated, so the program knows to drop what it cannot
+/// classify.
+pub const GATE_ACTIVE_SLOT: u32 = 0;
 /// Capacity of the open-window map.
 pub const MAX_WINDOWS: u32 = 65_536;
 

@@ -11,7 +11,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData},
     Ebpf,
 };
-use knockd_common::{port_slot, AllowKey, AllowValue, DOOR_NAME_LEN, FAMILY_V4, FAMILY_V6};
+use knockd_common::{port_slot, AllowKey, AllowValue, DOOR_NAME_LEN, FAMILY_V4, FAMILY_V6, GATE_ACTIVE_SLOT};
 
 use super::slots;
 use crate::{
@@ -116,7 +116,11 @@ impl Gate for XdpGate {
     }
 
     fn install(&mut self, protected: &[Protected]) -> Result<(), GateError> {
-        let wanted = protected.iter().map(|p| (port_slot(p.port.port, p.port.proto.number()), 1)).collect();
+        let mut wanted: std::collections::BTreeMap<u32, u8> =
+            protected.iter().map(|p| (port_slot(p.port.port, p.port.proto.number()), 1)).collect();
+        if !wanted.is_empty() {
+            wanted.insert(GATE_ACTIVE_SLOT, 1);
+        }
         self.set_gated(wanted)
     }
 

@@ -64,6 +64,7 @@ pub struct Counters {
     pub gate_drop: u64,
     pub gate_pass: u64,
     pub stealth_drop: u64,
+    pub unclassified_drop: u64,
 }
 
 pub struct XdpKnocker {
@@ -189,6 +190,7 @@ impl XdpKnocker {
             gate_drop: sum(counter::GATE_DROP)?,
             gate_pass: sum(counter::GATE_PASS)?,
             stealth_drop: sum(counter::STEALTH_DROP)?,
+            unclassified_drop: sum(counter::UNCLASSIFIED_DROP)?,
         })
     }
 

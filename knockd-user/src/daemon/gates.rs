@@ -83,6 +83,18 @@ impl Gates {
         }
     }
 
+    /// Puts back any gate another tool removed or bypassed; one log line per
+    /// repair. Errors are logged and retried on the next call.
+    pub fn repair(&mut self, cfg: &Config) {
+        for (backend, protected) in protected_by_backend(cfg) {
+            let Some(gate) = self.gates.get_mut(&key(backend)) else { continue };
+            match gate.repair(&protected) {
+                Ok(fixes) => fixes.iter().for_each(|f| log::warn!("{backend:?} gate: {f}")),
+                Err(e) => log::error!("checking the {backend:?} gate: {e}"),
+            }
+        }
+    }
+
     /// Clean stop: windows end, ports stay closed.
     pub fn close_windows(&mut self) {
         for gate in self.gates.values_mut() {

@@ -235,7 +235,7 @@ impl Daemon {
         let c = self.knocker.counters().unwrap_or_default();
         format!(
             "stats: frames={} knock_hits={} flag_mismatch={} ringbuf_full={} not_local={} gate_drop={} \
-             gate_pass={} stealth_drop={} sources={} evictions={}",
+             gate_pass={} stealth_drop={} unclassified_drop={} sources={} evictions={}",
             c.frames,
             c.knock_hits,
             c.flag_mismatch,
@@ -244,6 +244,7 @@ impl Daemon {
             c.gate_drop,
             c.gate_pass,
             c.stealth_drop,
+            c.unclassified_drop,
             self.tracker.sources(),
             self.tracker.evictions()
         )

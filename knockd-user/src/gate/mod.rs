@@ -62,6 +62,14 @@ pub trait Gate {
 
     /// Removes every piece of kernel state this backend owns.
     fn flush(&mut self) -> Result<(), GateError>;
+
+    /// Checks that the kernel still holds this backend's gate for
+    /// `protected` exactly as `install` left it, and puts back whatever
+    /// another tool removed, reordered or bypassed. Returns one line per
+    /// repair made; empty when nothing was wrong. Called about twice a second.
+    fn repair(&mut self, _protected: &[Protected]) -> Result<Vec<String>, GateError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The backend each door's `open` uses, resolved against the default.
