@@ -9,6 +9,7 @@ use super::{
         Backend, Door, Options, TcpFlags, DEFAULT_BPFFS_DIR, DEFAULT_CMD_TIMEOUT, DEFAULT_MAX_SOURCES,
         DEFAULT_SEQ_TIMEOUT,
     },
+    one_time::LiveLine,
 };
 
 pub(crate) struct Draft {
@@ -23,6 +24,8 @@ pub(crate) struct DraftDoor {
     /// `door.sequence` is empty both for "not given" and "given empty"; the error differs.
     pub sequence_given: bool,
     pub lines: DoorLines,
+    /// Every live line of the one-time file, once loaded; empty for other doors.
+    pub one_time_lines: Vec<LiveLine>,
 }
 
 /// Line of a door's header and of each key it sets, by canonical (snake_case) name.
@@ -69,7 +72,7 @@ impl DraftDoor {
             open: None,
             stealth: None,
         };
-        DraftDoor { door, sequence_given: false, lines: DoorLines::new(header) }
+        DraftDoor { door, sequence_given: false, lines: DoorLines::new(header), one_time_lines: Vec::new() }
     }
 
     /// An error about `key` of this door: at the key's line when it was written,

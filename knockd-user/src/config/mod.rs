@@ -2,6 +2,7 @@
 //! native YAML format. Both become the same [`Config`]; the format is told by content,
 //! not by file name, so `/etc/knockd.conf` can be either.
 
+mod disjoint;
 mod draft;
 mod emit;
 mod error;
@@ -19,10 +20,11 @@ mod tests;
 
 use std::path::Path;
 
+pub use disjoint::check_disjoint;
 pub use emit::to_yaml;
 pub use error::ConfigError;
 pub use model::*;
-pub use one_time::{InvalidLine, OneTimeFile};
+pub use one_time::{InvalidLine, LiveLine, OneTimeFile};
 
 /// Reads, parses and validates the config file at `path`, loading the active sequence
 /// of every one-time door.

@@ -21,7 +21,15 @@ use super::{draft::Draft, error::ConfigError, model::Step, values::parse_sequenc
 pub struct OneTimeFile {
     path: PathBuf,
     active: Option<ActiveLine>,
+    live: Vec<LiveLine>,
     invalid: Vec<InvalidLine>,
+}
+
+/// A live line that parses: a sequence that may still become active.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveLine {
+    pub line_no: usize,
+    pub steps: Vec<Step>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,7 +51,8 @@ pub struct InvalidLine {
 impl OneTimeFile {
     pub fn open(path: &Path) -> io::Result<Self> {
         let bytes = fs::read(path)?;
-        let mut file = OneTimeFile { path: path.to_path_buf(), active: None, invalid: Vec::new() };
+        let mut file =
+            OneTimeFile { path: path.to_path_buf(), active: None, live: Vec::new(), invalid: Vec::new() };
         file.rescan(&bytes);
         Ok(file)
     }
@@ -55,6 +64,11 @@ impl OneTimeFile {
     /// (1-based line number, byte offset of the line's start, its sequence).
     pub fn active(&self) -> Option<(usize, u64, Vec<Step>)> {
         self.active.as_ref().map(|a| (a.line_no, a.offset, a.steps.clone()))
+    }
+
+    /// Every live line that parses, the active one first, as of the last read.
+    pub fn live_lines(&self) -> &[LiveLine] {
+        &self.live
     }
 
     /// Live lines that failed to parse, as of the last read of the file.
@@ -86,13 +100,18 @@ impl OneTimeFile {
 
     fn rescan(&mut self, bytes: &[u8]) {
         self.active = None;
+        self.live.clear();
         self.invalid.clear();
         for line in lines(bytes) {
             match live_sequence(line.raw) {
                 None => {}
                 Some(Err(message)) => self.invalid.push(InvalidLine { line_no: line.line_no, message }),
-                Some(Ok(steps)) if self.active.is_none() => self.active = Some(line.into_active(steps)),
-                Some(Ok(_)) => {}
+                Some(Ok(steps)) => {
+                    self.live.push(LiveLine { line_no: line.line_no, steps: steps.clone() });
+                    if self.active.is_none() {
+                        self.active = Some(line.into_active(steps));
+                    }
+                }
             }
         }
     }
@@ -183,6 +202,7 @@ pub(crate) fn load_sequences(draft: &mut Draft, config_path: &Path) -> Result<()
         };
         door.door.sequence = steps;
         door.door.one_time_sequences = Some(file_path);
+        door.one_time_lines = file.live_lines().to_vec();
     }
     Ok(())
 }

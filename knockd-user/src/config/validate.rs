@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::{
+    disjoint,
     draft::{Draft, DraftDoor},
     error::ConfigError,
     model::{Backend, OpenAction, Proto, Step, TcpFlags},
@@ -19,7 +20,8 @@ pub(crate) fn validate(draft: &Draft, path: &Path) -> Result<(), ConfigError> {
         check_door(door, path)?;
     }
     check_distinguishable(&draft.doors, path)?;
-    check_open_backends(draft, path)
+    check_open_backends(draft, path)?;
+    disjoint::check_drafts(&draft.doors, path)
 }
 
 fn check_door(draft: &DraftDoor, path: &Path) -> Result<(), ConfigError> {

@@ -1,6 +1,7 @@
 //! Tests of the whole pipeline, by format and concern.
 
 mod conf;
+mod disjoint;
 mod emit;
 mod one_time;
 mod support;
