@@ -4,14 +4,16 @@
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData},
+    maps::{Array, HashMap, Map, MapData, MapError},
     Ebpf,
 };
-use knockd_common::{port_slot, AllowKey, AllowValue, DOOR_NAME_LEN, FAMILY_V4, FAMILY_V6, GATE_ACTIVE_SLOT};
+use knockd_common::{
+    port_slot, AllowKey, AllowValue, DOOR_NAME_LEN, FAMILY_V4, FAMILY_V6, GATE_ACTIVE_SLOT, MAX_WINDOWS,
+};
 
 use super::slots;
 use crate::{
@@ -23,6 +25,10 @@ use crate::{
 /// Maps pinned so that windows and the closed set survive the daemon.
 pub const PINNED_MAPS: &[&str] = &["GATED", "GATE_ALLOW"];
 
+/// How often ended windows are swept out of GATE_ALLOW, so the map never
+/// fills with them.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
 pub struct XdpGate {
     /// Non-zero per gated (proto, port) slot.
     gated: Array<MapData, u8>,
@@ -31,6 +37,9 @@ pub struct XdpGate {
     shadow: std::collections::BTreeMap<u32, u8>,
     allow: HashMap<MapData, AllowKey, AllowValue>,
     dir: PathBuf,
+    /// When ended windows were last swept; `None` until the first sweep, so
+    /// a new gate sweeps what an earlier run left at its first check.
+    swept: Option<Instant>,
 }
 
 fn err(e: impl std::fmt::Display) -> GateError {
@@ -62,7 +71,67 @@ impl XdpGate {
 
     fn new(gated: Array<MapData, u8>, allow: HashMap<MapData, AllowKey, AllowValue>, dir: &Path) -> Self {
         let shadow = slots::scan(&gated);
-        Self { gated, shadow, allow, dir: dir.to_path_buf() }
+        Self { gated, shadow, allow, dir: dir.to_path_buf(), swept: None }
+    }
+
+    /// Removes every window that has ended; returns how many. Only the
+    /// daemon writes this map, so an entry read as ended cannot be renewed
+    /// before it is removed.
+    pub fn sweep(&mut self) -> Result<usize, GateError> {
+        let now = monotonic_now().as_nanos() as u64;
+        let ended: Vec<AllowKey> = self
+            .allow
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.expires_ns <= now)
+            .map(|(k, _)| k)
+            .collect();
+        for k in &ended {
+            match self.allow.remove(k) {
+                Err(e) if os_error(&e) != Some(libc::ENOENT) => return Err(err(e)),
+                _ => {}
+            }
+        }
+        self.swept = Some(Instant::now());
+        Ok(ended.len())
+    }
+
+    fn sweep_if_due(&mut self) -> Result<(), GateError> {
+        if self.swept.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
+            let n = self.sweep()?;
+            if n > 0 {
+                log::debug!("xdp gate: swept {n} ended windows");
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts a window. A full map is swept of ended windows and tried
+    /// again; a live window is never evicted to make room.
+    fn insert(&mut self, key: AllowKey, value: AllowValue) -> Result<(), GateError> {
+        match self.allow.insert(key, value, 0) {
+            Err(e) if os_error(&e) == Some(libc::E2BIG) => {
+                let n = self.sweep()?;
+                log::warn!("xdp gate: window map full, swept {n} ended windows");
+                self.allow.insert(key, value, 0).map_err(|e| {
+                    err(format!("window map full of {MAX_WINDOWS} live windows, not opening ({e})"))
+                })
+            }
+            res => res.map_err(err),
+        }
+    }
+
+    /// Puts back GATED slots that differ from what we wrote (someone with
+    /// bpftool); only our slots are read, so the check stays cheap.
+    fn repair_slots(&mut self) -> Result<Vec<String>, GateError> {
+        let mut fixes = Vec::new();
+        for (&slot, &v) in &self.shadow {
+            if self.gated.get(&slot, 0).map_err(err)? != v {
+                self.gated.set(slot, v, 0).map_err(err)?;
+                fixes.push(format!("GATED slot {slot} was changed by someone else; restored"));
+            }
+        }
+        Ok(fixes)
     }
 
     fn set_gated(&mut self, wanted: std::collections::BTreeMap<u32, u8>) -> Result<(), GateError> {
@@ -98,6 +167,13 @@ fn proto_of(n: u8) -> Proto {
     }
 }
 
+fn os_error(e: &MapError) -> Option<i32> {
+    match e {
+        MapError::SyscallError(e) => e.io_error.raw_os_error(),
+        _ => None,
+    }
+}
+
 fn door_bytes(door: &str) -> [u8; DOOR_NAME_LEN] {
     let mut b = [0u8; DOOR_NAME_LEN];
     let n = door.len().min(DOOR_NAME_LEN);
@@ -128,7 +204,7 @@ impl Gate for XdpGate {
         let expires = monotonic_now() + duration;
         let value = AllowValue { expires_ns: expires.as_nanos() as u64, door: door_bytes(door) };
         for &port in ports {
-            self.allow.insert(allow_key(src, port), value, 0).map_err(err)?;
+            self.insert(allow_key(src, port), value)?;
         }
         Ok(())
     }
@@ -159,25 +235,37 @@ impl Gate for XdpGate {
         Ok(())
     }
 
+    /// Besides the slot check, this is where ended windows are swept, every
+    /// [`SWEEP_EVERY`].
+    fn repair(&mut self, _protected: &[Protected]) -> Result<Vec<String>, GateError> {
+        self.sweep_if_due()?;
+        self.repair_slots()
+    }
+
     fn flush(&mut self) -> Result<(), GateError> {
         self.close_windows()?;
         self.set_gated(Default::default())?;
-        remove_pins(&self.dir)
+        remove_pins(&self.dir).map(drop)
     }
 }
 
-/// Removes our pins; a link with no pin and no open fd detaches by itself.
-fn remove_pins(dir: &Path) -> Result<(), GateError> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+/// Removes our pins and returns how many there were. A link with no pin and
+/// no open fd detaches by itself: that is `--flush`. A running daemon holds
+/// its own link fds, so when it flushes this gate (the config stopped using
+/// the xdp backend) it keeps hearing knocks.
+pub(crate) fn remove_pins(dir: &Path) -> Result<usize, GateError> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(0) };
+    let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if name.starts_with("link_") || PINNED_MAPS.contains(&name.as_ref()) {
             std::fs::remove_file(entry.path())?;
+            removed += 1;
         }
     }
     let _ = std::fs::remove_dir(dir);
-    Ok(())
+    Ok(removed)
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@ use std::io;
 
 use super::Daemon;
 use crate::config::{
-    model::{Door, Step},
+    self,
+    model::{Config, Door, Step},
     one_time::OneTimeFile,
 };
 
@@ -49,10 +50,20 @@ impl Daemon {
             }
         };
         let mut cfg = self.cfg.clone();
+        let Some(d) = cfg.doors.iter_mut().find(|d| d.name == door.name) else {
+            return true;
+        };
+        // The door stays in the config whatever happens: its protected ports
+        // are the config's, and stay closed while it is disabled.
         match next {
             Some(seq) => {
-                if let Some(d) = cfg.doors.iter_mut().find(|d| d.name == door.name) {
-                    d.sequence = seq;
+                d.sequence = seq;
+                if let Err(e) = config::check_disjoint(&cfg) {
+                    self.log.line(&format!(
+                        "{}: the next one-time sequence is refused ({e}) --> disabling the door",
+                        door.name
+                    ));
+                    disable(&mut cfg, &door.name);
                 }
             }
             None => {
@@ -60,10 +71,18 @@ impl Daemon {
                     "no more sequences left in the one time sequences file for door {} --> disabling the door",
                     door.name
                 ));
-                cfg.doors.retain(|d| d.name != door.name);
+                disable(&mut cfg, &door.name);
             }
         }
         self.apply(cfg);
         true
+    }
+}
+
+/// A disabled door has an empty sequence: it never matches, and keeps its
+/// `open`, so its ports stay protected.
+fn disable(cfg: &mut Config, name: &str) {
+    if let Some(d) = cfg.doors.iter_mut().find(|d| d.name == name) {
+        d.sequence.clear();
     }
 }
