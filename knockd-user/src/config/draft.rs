@@ -7,7 +7,7 @@ use super::{
     error::ConfigError,
     model::{
         Backend, Door, Options, TcpFlags, DEFAULT_BPFFS_DIR, DEFAULT_CMD_TIMEOUT, DEFAULT_MAX_SOURCES,
-        DEFAULT_SEQ_TIMEOUT,
+        DEFAULT_OPEN_BURST, DEFAULT_OPEN_RATE, DEFAULT_SEQ_TIMEOUT,
     },
     one_time::LiveLine,
 };
@@ -105,5 +105,7 @@ pub(crate) fn default_options() -> Options {
         default_backend: Backend::Nftables,
         stealth: false,
         bpffs_dir: PathBuf::from(DEFAULT_BPFFS_DIR),
+        open_rate: DEFAULT_OPEN_RATE,
+        open_burst: DEFAULT_OPEN_BURST,
     }
 }

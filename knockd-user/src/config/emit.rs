@@ -8,6 +8,7 @@ use std::{fmt::Write, path::Path, time::Duration};
 use super::{
     model::{
         Config, Door, OpenAction, Options, Step, DEFAULT_BPFFS_DIR, DEFAULT_CMD_TIMEOUT, DEFAULT_MAX_SOURCES,
+        DEFAULT_OPEN_BURST, DEFAULT_OPEN_RATE,
     },
     values::{backend_name, format_tcp_flags},
 };
@@ -51,6 +52,12 @@ fn emit_options(out: &mut String, options: &Options) {
     }
     if options.bpffs_dir != Path::new(DEFAULT_BPFFS_DIR) {
         line(&mut body, 2, "bpffs_dir", &quote_path(&options.bpffs_dir));
+    }
+    if options.open_rate != DEFAULT_OPEN_RATE {
+        line(&mut body, 2, "open_rate", &options.open_rate.to_string());
+    }
+    if options.open_burst != DEFAULT_OPEN_BURST {
+        line(&mut body, 2, "open_burst", &options.open_burst.to_string());
     }
     if !body.is_empty() {
         out.push_str("options:\n");

@@ -2,6 +2,7 @@
 //! native YAML format. Both become the same [`Config`]; the format is told by content,
 //! not by file name, so `/etc/knockd.conf` can be either.
 
+mod capacity;
 mod disjoint;
 mod draft;
 mod emit;

@@ -111,6 +111,13 @@ pub struct Options {
     pub stealth: bool,
     /// Where the XDP gate pins its program link and maps.
     pub bpffs_dir: PathBuf,
+    /// Opens per second each door may make, sustained (YAML `open_rate`, default
+    /// [`DEFAULT_OPEN_RATE`], at least 1). Bounds how fast completions, even from
+    /// spoofed addresses, can add gate windows.
+    pub open_rate: u32,
+    /// Opens a door may make at once before `open_rate` applies (YAML `open_burst`,
+    /// default [`DEFAULT_OPEN_BURST`], at least 1).
+    pub open_burst: u32,
 }
 
 /// Where a config came from, so reloads and error messages can name it.
@@ -134,3 +141,5 @@ pub const DEFAULT_CMD_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_SOURCES: usize = 65_536;
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/xknockd";
 pub const MAX_SEQUENCE_LEN: usize = 32;
+pub const DEFAULT_OPEN_RATE: u32 = 10;
+pub const DEFAULT_OPEN_BURST: u32 = 20;

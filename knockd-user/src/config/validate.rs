@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::{
-    disjoint,
+    capacity, disjoint,
     draft::{Draft, DraftDoor},
     error::ConfigError,
     model::{Backend, OpenAction, Proto, Step, TcpFlags},
@@ -21,7 +21,8 @@ pub(crate) fn validate(draft: &Draft, path: &Path) -> Result<(), ConfigError> {
     }
     check_distinguishable(&draft.doors, path)?;
     check_open_backends(draft, path)?;
-    disjoint::check_drafts(&draft.doors, path)
+    disjoint::check_drafts(&draft.doors, path)?;
+    capacity::check_window_capacity(draft, path)
 }
 
 fn check_door(draft: &DraftDoor, path: &Path) -> Result<(), ConfigError> {

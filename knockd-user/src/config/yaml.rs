@@ -9,8 +9,8 @@ use super::{
     error::{unknown_key_message, ConfigError},
     model::{OpenAction, Options},
     yaml_de::{
-        BackendDe, DurationDe, InterfacesDe, MaxSourcesDe, OpenPortDe, OrderedMap, SequenceDe, TargetDe,
-        TcpFlagsDe, MARK,
+        AtLeastOneDe, BackendDe, DurationDe, InterfacesDe, MaxSourcesDe, OpenPortDe, OrderedMap, SequenceDe,
+        TargetDe, TcpFlagsDe, MARK,
     },
     yaml_lines::KeyLines,
 };
@@ -51,6 +51,8 @@ struct RawOptions {
     backend: Option<BackendDe>,
     stealth: Option<bool>,
     bpffs_dir: Option<PathBuf>,
+    open_rate: Option<AtLeastOneDe>,
+    open_burst: Option<AtLeastOneDe>,
 }
 
 #[derive(Default, Deserialize)]
@@ -106,6 +108,8 @@ fn convert_options(raw: RawOptions) -> Options {
         default_backend: raw.backend.map_or(defaults.default_backend, |b| b.0),
         stealth: raw.stealth.unwrap_or(defaults.stealth),
         bpffs_dir: raw.bpffs_dir.unwrap_or(defaults.bpffs_dir),
+        open_rate: raw.open_rate.map_or(defaults.open_rate, |r| r.0),
+        open_burst: raw.open_burst.map_or(defaults.open_burst, |b| b.0),
     }
 }
 

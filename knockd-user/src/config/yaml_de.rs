@@ -118,6 +118,19 @@ fn max_sources(n: i128) -> Result<usize, String> {
     }
 }
 
+scalar_type!(AtLeastOneDe, u32, "a whole number, at least 1", Some(at_least_one), |s| s
+    .trim()
+    .parse::<i128>()
+    .map_err(|_| format!("`{s}` is not a whole number"))
+    .and_then(at_least_one));
+
+fn at_least_one(n: i128) -> Result<u32, String> {
+    match u32::try_from(n) {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("must be a whole number from 1 to {}, not {n}", u32::MAX)),
+    }
+}
+
 /// `sequence`: a list of steps; also knockd's `"7000,8000:udp"` string or one bare port.
 pub(super) struct SequenceDe(pub Vec<Step>);
 

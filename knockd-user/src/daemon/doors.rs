@@ -106,6 +106,8 @@ mod tests {
                 default_backend: Backend::Nftables,
                 stealth,
                 bpffs_dir: PathBuf::from("/sys/fs/bpf/xknockd"),
+                open_rate: 10,
+                open_burst: 20,
             },
             doors,
         }

@@ -57,6 +57,8 @@ fn everything_round_trips() {
     c.options.max_sources = 12;
     c.options.stealth = true;
     c.options.bpffs_dir = "/sys/fs/bpf/elsewhere".into();
+    c.options.open_rate = 3;
+    c.options.open_burst = 7;
     let door = &mut c.doors[0];
     door.name = "yes: odd # name".into();
     door.seq_timeout = Duration::from_millis(1500);

@@ -1,5 +1,6 @@
 //! Tests of the whole pipeline, by format and concern.
 
+mod capacity;
 mod conf;
 mod disjoint;
 mod emit;

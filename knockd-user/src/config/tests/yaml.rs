@@ -16,6 +16,8 @@ options:
   backend: xdp
   stealth: true
   bpffs_dir: /sys/fs/bpf/other
+  open_rate: 2
+  open_burst: 5
 doors:
   zeta:
     sequence: [7000, "8000:udp", 9000:TCP]
@@ -50,6 +52,7 @@ fn full_example() {
     assert_eq!(o.pid_file, Some("/run/xknockd.pid".into()));
     assert_eq!((o.max_sources, o.default_backend, o.stealth), (1000, Backend::Xdp, true));
     assert_eq!(o.bpffs_dir, std::path::PathBuf::from("/sys/fs/bpf/other"));
+    assert_eq!((o.open_rate, o.open_burst), (2, 5));
 
     let names: Vec<_> = c.doors.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["zeta", "alpha"], "file order is kept");
@@ -89,6 +92,7 @@ fn defaults_and_small_forms() {
     let o = &c.options;
     assert!(o.interfaces.is_empty() && !o.use_syslog && !o.stealth);
     assert_eq!((o.max_sources, o.default_backend), (65_536, Backend::Nftables));
+    assert_eq!((o.open_rate, o.open_burst), (10, 20));
     let c = yaml("options:\n  interface: eth0\ndoors:\n  d:\n    sequence: [1]\n");
     assert_eq!(c.options.interfaces, ["eth0"]);
     assert_eq!(c.doors[0].seq_timeout, Duration::from_secs(25));
