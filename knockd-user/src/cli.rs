@@ -55,6 +55,11 @@ pub struct DaemonArgs {
     /// Remove every firewall table, chain, set, pin and map xknockd owns, then exit.
     #[arg(long, conflicts_with_all = ["check", "convert", "daemon"])]
     pub flush: bool,
+    /// Put every backend's gate in place from the config (protected ports
+    /// closed, no window open), leave it there for xknockd to adopt, and
+    /// exit: for a boot unit ordered before the network comes up.
+    #[arg(long, conflicts_with_all = ["check", "convert", "status", "flush", "daemon"])]
+    pub install_gate: bool,
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub xdp_mode: AttachMode,
@@ -111,6 +116,10 @@ mod tests {
         assert_eq!(a.config, PathBuf::from(DEFAULT_CONFIG));
         assert_eq!(a.xdp_mode, AttachMode::Skb);
         assert!(!a.check && !a.convert);
+        let g =
+            DaemonArgs::try_parse_from(["xknockd", "--install-gate", "-c", "/x.yaml", "-i", "eth1"]).unwrap();
+        assert!(g.install_gate && !g.daemon);
+        assert!(DaemonArgs::try_parse_from(["xknockd", "--install-gate", "--flush"]).is_err());
         let v = DaemonArgs::try_parse_from(["xknockd", "-V"]).unwrap_err();
         assert_eq!(v.kind(), clap::error::ErrorKind::DisplayVersion);
     }

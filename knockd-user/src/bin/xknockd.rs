@@ -61,6 +61,13 @@ fn real_main(args: DaemonArgs) -> Result<ExitCode> {
         print!("{}", admin::status(&cfg)?);
         return Ok(ExitCode::SUCCESS);
     }
+    if args.install_gate {
+        let opts = run_options(&args, &cfg);
+        for line in admin::install_gate(&cfg, &opts.interfaces, opts.xdp_mode)? {
+            println!("{line}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let opts = run_options(&args, &cfg);
     let log_file = args.logfile.clone().or_else(|| cfg.options.log_file.clone());
     let use_syslog = cfg.options.use_syslog;

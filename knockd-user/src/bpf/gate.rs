@@ -7,10 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError},
-    Ebpf,
-};
+use aya::maps::{Array, HashMap, Map, MapData, MapError};
 use knockd_common::{
     port_slot, AllowKey, AllowValue, DOOR_NAME_LEN, FAMILY_V4, FAMILY_V6, GATE_ACTIVE_SLOT, MAX_WINDOWS,
 };
@@ -47,15 +44,9 @@ fn err(e: impl std::fmt::Display) -> GateError {
 }
 
 impl XdpGate {
-    pub(super) fn from_ebpf(ebpf: &mut Ebpf, dir: &Path) -> Result<Self, GateError> {
-        let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| err(format!("map {name} missing")));
-        let gated = Array::try_from(take("GATED")?).map_err(err)?;
-        let allow = HashMap::try_from(take("GATE_ALLOW")?).map_err(err)?;
-        Ok(Self::new(gated, allow, dir))
-    }
-
-    /// Opens the pinned maps of a gate some (possibly dead) daemon left, for
-    /// `--status` and `--flush`.
+    /// Opens the gate maps pinned in `dir`: those a (possibly dead) daemon
+    /// left, for `--status` and `--flush`, and the running daemon's own,
+    /// which `XdpKnocker::gate` pins first.
     pub fn from_pins(dir: &Path) -> Result<Self, GateError> {
         let open = |name: &str| {
             let path = dir.join(name);

@@ -2,6 +2,8 @@
 //! the configuration and the host's addresses.
 
 pub mod gate;
+mod iface;
+mod links;
 mod pins;
 mod slots;
 
@@ -16,7 +18,9 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode},
     Ebpf, EbpfError, EbpfLoader,
 };
+pub use iface::{ifindex, require_ethernet};
 use knockd_common::{counter, port_slot, AddrMark, PortKey, PortRule, PORT_KNOCK};
+pub use links::{LinkEvent, Pinned};
 use thiserror::Error;
 
 /// The XDP object, built by build.rs for the BPF target.
@@ -36,6 +40,8 @@ pub enum BpfError {
     MissingMap(&'static str),
     #[error("attaching to {iface}")]
     Attach { iface: String, source: ProgramError },
+    #[error("{iface}: {why}")]
+    Device { iface: String, why: String },
     #[error("pinning in {path}: {why}")]
     Pin { path: PathBuf, why: String },
 }
@@ -69,9 +75,9 @@ pub struct Counters {
 
 pub struct XdpKnocker {
     ebpf: Ebpf,
-    attached: Vec<String>,
-    /// Set when the XDP gate is in use: the gate maps and the links are
-    /// pinned here so the gate outlives the daemon (fails closed).
+    links: links::Links,
+    /// Where the XDP gate pins its maps and links, so the gate outlives the
+    /// daemon (fails closed); `None` only for tests that never gate.
     pins: Option<PathBuf>,
     /// What KNOCK_RULES holds, so a sync touches only changed slots.
     knock_slots: BTreeMap<u32, PortRule>,
@@ -82,9 +88,24 @@ impl XdpKnocker {
     /// `pins`, the gate maps are taken over from (or pinned into) that bpffs
     /// directory, so open windows survive a restart.
     pub fn load(pins: Option<&Path>) -> Result<Self, BpfError> {
+        match pins {
+            Some(dir) => Self::load_in(dir, true),
+            None => Self::load_with(None, false),
+        }
+    }
+
+    /// The daemon's load: `bpffs_dir` is where the XDP gate lives, whether
+    /// or not the config uses it now (a reload may enable it, and a gate an
+    /// earlier run left there must be found). With `gate`, pinned gate maps
+    /// are adopted with their windows, or created and pinned.
+    pub fn load_in(bpffs_dir: &Path, gate: bool) -> Result<Self, BpfError> {
+        Self::load_with(Some(bpffs_dir), gate)
+    }
+
+    fn load_with(dir: Option<&Path>, gate: bool) -> Result<Self, BpfError> {
         raise_memlock();
         let mut loader = EbpfLoader::new();
-        let map_paths: Vec<(&str, PathBuf)> = match pins {
+        let map_paths: Vec<(&str, PathBuf)> = match dir.filter(|_| gate) {
             Some(dir) => {
                 pins::ensure_bpffs(dir)
                     .map_err(|e| BpfError::Pin { path: dir.into(), why: e.to_string() })?;
@@ -99,32 +120,51 @@ impl XdpKnocker {
         program_mut(&mut ebpf)?.load()?;
         Ok(Self {
             ebpf,
-            attached: Vec::new(),
-            pins: pins.map(Path::to_path_buf),
+            links: links::Links::default(),
+            pins: dir.map(Path::to_path_buf),
             knock_slots: BTreeMap::new(),
         })
     }
 
-    /// Attaches to `iface`; returns the mode that worked. With pins, a link
-    /// left by an earlier run is taken over in place (the kernel swaps the
-    /// program atomically), else the new link is pinned.
+    /// Attaches to `iface` and holds the link; returns the mode that worked.
+    /// A live link an earlier run pinned for this device is taken over in
+    /// place (the kernel swaps the program atomically); a stale one is
+    /// replaced. While the gate is in use the link is pinned too; while it
+    /// is not, a taken-over pin is removed, since that gate is no longer
+    /// wanted and our fd keeps us attached.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<XdpMode, BpfError> {
-        let pins = self.pins.clone();
-        let prog = program_mut(&mut self.ebpf)?;
-        let used = match pins {
-            Some(dir) => pins::attach_pinned(prog, &dir, iface, mode)?,
-            None => {
-                attach_mode(prog, iface, mode)
-                    .map_err(|source| BpfError::Attach { iface: iface.to_string(), source })?
-                    .1
+        self.attach_as(iface, mode, Pinned::TakeOver)
+    }
+
+    /// Like [`XdpKnocker::attach`], with a choice for a live pinned link.
+    pub fn attach_as(&mut self, iface: &str, mode: AttachMode, pinned: Pinned) -> Result<XdpMode, BpfError> {
+        let dir = self.pins.clone();
+        let used = self.links.attach(program_mut(&mut self.ebpf)?, dir.as_deref(), iface, mode, pinned)?;
+        if let Some(dir) = &dir {
+            if self.gate_pinned() {
+                self.links.pin_all(dir)?;
+            } else {
+                self.links.unpin_all(dir)?;
+                remove_orphan_maps(dir);
             }
-        };
-        self.attached.push(iface.to_string());
+        }
         Ok(used)
     }
 
-    pub fn attached(&self) -> &[String] {
-        &self.attached
+    /// The interfaces attached to (or waiting for their device to return).
+    pub fn attached(&self) -> Vec<String> {
+        self.links.names().map(String::from).collect()
+    }
+
+    /// Attaches again to every interface whose device was recreated, and
+    /// reports what changed (called on rtnetlink link notices).
+    pub fn refresh_links(&mut self) -> Vec<LinkEvent> {
+        let gate = self.gate_pinned();
+        let dir = self.pins.clone();
+        match program_mut(&mut self.ebpf) {
+            Ok(prog) => self.links.refresh(prog, dir.as_deref(), gate),
+            Err(e) => vec![LinkEvent::Failed { iface: "*".into(), error: e }],
+        }
     }
 
     /// The empty XDP program from the same object, loaded on first use: the
@@ -194,15 +234,38 @@ impl XdpKnocker {
         })
     }
 
-    /// Hands the gate maps to an `XdpGate`. Callable once, and only when
-    /// loaded with pins (the gate must outlive the daemon).
+    /// Puts the XDP gate in use: pins the gate maps and every link in the
+    /// bpffs directory (so the gate outlives us), then hands the maps to an
+    /// `XdpGate`. Works at any time, also when a reload first enables the
+    /// xdp backend, and again after the gate was flushed.
     pub fn gate(&mut self) -> Result<gate::XdpGate, crate::gate::GateError> {
-        let Some(dir) = self.pins.clone() else {
-            return Err(crate::gate::GateError::Other(
-                "the xdp backend was enabled by a reload; restart xknockd to use it".into(),
-            ));
+        let dir = self.pins.clone().ok_or_else(|| {
+            crate::gate::GateError::Other("xdp gate: loaded without a bpffs directory".into())
+        })?;
+        self.pin_gate(&dir).map_err(|e| crate::gate::GateError::Other(format!("xdp gate: {e}")))?;
+        gate::XdpGate::from_pins(&dir)
+    }
+
+    fn pin_gate(&mut self, dir: &Path) -> Result<(), BpfError> {
+        pins::ensure_bpffs(dir).map_err(|e| BpfError::Pin { path: dir.into(), why: e.to_string() })?;
+        for &name in gate::PINNED_MAPS {
+            let path = dir.join(name);
+            let data = map_data(self.ebpf.map(name).ok_or(BpfError::MissingMap("gate map"))?)?;
+            pins::pin_map(data, &path).map_err(|e| BpfError::Pin { path, why: e.to_string() })?;
+        }
+        self.links.pin_all(dir)
+    }
+
+    /// Whether our gate maps are pinned in the bpffs directory: the gate is
+    /// in use, so links must be pinned too. A flush of the gate removes
+    /// these pins, which is how the knocker learns the gate went away.
+    fn gate_pinned(&self) -> bool {
+        let Some(dir) = &self.pins else { return false };
+        let Some(Ok(ours)) = self.ebpf.map(gate::PINNED_MAPS[0]).map(|m| map_data(m).and_then(map_info))
+        else {
+            return false;
         };
-        gate::XdpGate::from_ebpf(&mut self.ebpf, &dir)
+        aya::maps::MapInfo::from_pin(dir.join(gate::PINNED_MAPS[0])).is_ok_and(|i| i.id() == ours.id())
     }
 
     /// Hands the ring buffer to the event reader. Callable once.
@@ -228,7 +291,7 @@ fn attach_mode(
     match mode {
         AttachMode::Native => try_mode(prog, XdpMode::Driver),
         AttachMode::Skb => try_mode(prog, XdpMode::Skb),
-        AttachMode::Auto if driver_name(iface).as_deref() == Some("veth") => {
+        AttachMode::Auto if iface::driver_name(iface).as_deref() == Some("veth") => {
             log::info!("{iface}: veth, attaching in skb mode (native XDP on veth drops frames under load)");
             try_mode(prog, XdpMode::Skb)
         }
@@ -239,40 +302,33 @@ fn attach_mode(
     }
 }
 
-/// The interface's driver, as `ethtool -i` reports it.
-fn driver_name(iface: &str) -> Option<String> {
-    #[repr(C)]
-    struct DrvInfo {
-        cmd: u32,
-        driver: [u8; 32],
-        rest: [u8; 164],
+/// Gate maps an earlier run pinned, once no pinned link uses them any more:
+/// the config no longer gates with XDP, so `--status` must not list them.
+fn remove_orphan_maps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let names: Vec<String> =
+        entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    if names.iter().any(|n| n.starts_with("link_")) {
+        return;
     }
-    const ETHTOOL_GDRVINFO: u32 = 0x03;
-    let mut info = DrvInfo { cmd: ETHTOOL_GDRVINFO, driver: [0; 32], rest: [0; 164] };
-    // SAFETY: zeroed ifreq; the name is copied in bounded; ifr_data points at
-    // `info`, which outlives the ioctl; the fd is closed below.
-    unsafe {
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        let name = iface.as_bytes();
-        if name.len() >= ifr.ifr_name.len() {
-            return None;
-        }
-        for (d, s) in ifr.ifr_name.iter_mut().zip(name) {
-            *d = *s as libc::c_char;
-        }
-        ifr.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return None;
-        }
-        let rc = libc::ioctl(fd, libc::SIOCETHTOOL, &mut ifr);
-        libc::close(fd);
-        if rc != 0 {
-            return None;
+    for name in gate::PINNED_MAPS.iter().filter(|m| names.iter().any(|n| n == *m)) {
+        match pins::remove(&dir.join(name)) {
+            Ok(()) => log::info!("removed {name} from {}: the xdp backend is not in use", dir.display()),
+            Err(e) => log::warn!("removing {name} from {}: {e}", dir.display()),
         }
     }
-    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(info.driver.len());
-    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// The gate maps are an array and a hash map; aya's `Map` hides the data.
+fn map_data(map: &aya::maps::Map) -> Result<&MapData, BpfError> {
+    match map {
+        aya::maps::Map::Array(d) | aya::maps::Map::HashMap(d) => Ok(d),
+        _ => Err(BpfError::MissingMap("gate map of the expected type")),
+    }
+}
+
+fn map_info(d: &MapData) -> Result<aya::maps::MapInfo, BpfError> {
+    d.info().map_err(map_err("gate map"))
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, BpfError> {

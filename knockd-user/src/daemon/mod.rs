@@ -2,6 +2,7 @@
 
 mod doors;
 pub mod gates;
+mod links;
 mod onetime;
 mod reload;
 
@@ -65,8 +66,9 @@ impl Daemon {
     /// attached if any step before attaching fails.
     pub fn start(cfg: Config, opts: RunOptions, log: Arc<KnockLog>) -> Result<Self> {
         // The XDP gate must outlive us, so its maps and links are pinned.
-        let pins = uses_backend(&cfg, Backend::Xdp).then(|| cfg.options.bpffs_dir.clone());
-        let mut knocker = XdpKnocker::load(pins.as_deref()).context("loading the XDP program")?;
+        let xdp_gate = uses_backend(&cfg, Backend::Xdp);
+        let mut knocker =
+            XdpKnocker::load_in(&cfg.options.bpffs_dir, xdp_gate).context("loading the XDP program")?;
         let local = local_addrs().context("reading local addresses")?;
         knocker.set_knock_ports(&kernel_ports(&cfg))?;
         // Gates close their ports before the program sees a packet.
@@ -87,6 +89,8 @@ impl Daemon {
     pub async fn run(mut self) -> Result<()> {
         let mut events = EventStream::new(self.knocker.take_events()?)?;
         let mut addr_watch = AddrWatcher::new().context("subscribing to address changes")?;
+        // A device replaced before we subscribed sends no further notice.
+        self.sync_links();
         let mut hup = signal(SignalKind::hangup())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut term = signal(SignalKind::terminate())?;
@@ -109,8 +113,13 @@ impl Daemon {
                 }
                 () = deadline => self.purge().await,
                 res = addr_watch.changed() => {
-                    res.context("watching addresses")?;
-                    self.sync_addrs();
+                    let seen = res.context("watching addresses")?;
+                    if seen.links {
+                        self.sync_links();
+                    }
+                    if seen.addrs {
+                        self.sync_addrs();
+                    }
                 }
                 _ = hup.recv() => self.reload(),
                 _ = int.recv() => break,
