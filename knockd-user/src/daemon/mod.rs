@@ -4,6 +4,7 @@ mod doors;
 pub mod gates;
 mod links;
 mod onetime;
+mod ratelimit;
 mod reload;
 
 use std::{
@@ -33,6 +34,9 @@ const BUSY_BATCH: usize = 64;
 /// The pause; the 1 MiB ring holds 16 K events, far more than a flood
 /// delivers in this time.
 const BUSY_PAUSE: Duration = Duration::from_millis(1);
+/// How often the gates are checked (a foreign `flush ruleset` is repaired
+/// within a second) and rate-limit refusals reported.
+const TICK: Duration = Duration::from_millis(500);
 
 /// What the command line adds to the config.
 #[derive(Clone, Debug, Default)]
@@ -59,6 +63,7 @@ pub struct Daemon {
     local: BTreeSet<IpAddr>,
     hostnames: HashMap<IpAddr, Option<String>>,
     gates: gates::Gates,
+    limiter: ratelimit::OpenLimiter,
 }
 
 impl Daemon {
@@ -82,7 +87,32 @@ impl Daemon {
         let tracker = Tracker::new(cfg.doors.iter().map(door_spec).collect(), cfg.options.max_sources);
         let runner = CommandRunner::new(log.sink());
         let doors = cfg.doors.iter().map(|d| (Arc::from(d.name.as_str()), d.clone())).collect();
-        Ok(Self { cfg, opts, doors, tracker, knocker, log, runner, local, hostnames: HashMap::new(), gates })
+        let limiter = Self::limiter(&cfg, &gates);
+        Ok(Self {
+            cfg,
+            opts,
+            doors,
+            tracker,
+            knocker,
+            log,
+            runner,
+            local,
+            hostnames: HashMap::new(),
+            gates,
+            limiter,
+        })
+    }
+
+    /// The rate limiter for `cfg`, knowing the windows an earlier run left,
+    /// so their owners re-knock for free.
+    fn limiter(cfg: &Config, gates: &gates::Gates) -> ratelimit::OpenLimiter {
+        let now = monotonic_now();
+        let mut limiter = ratelimit::OpenLimiter::default();
+        limiter.configure(ratelimit::limits(cfg), now);
+        for w in gates.windows() {
+            limiter.adopt(&w.door, w.src, now + w.remaining);
+        }
+        limiter
     }
 
     /// Runs until SIGINT or SIGTERM, then closes every door it opened.
@@ -97,6 +127,8 @@ impl Daemon {
         let mut usr1 = signal(SignalKind::user_defined1())?;
         self.log.notice(&knocklog::starting_up(&self.opts.interfaces));
         let mut batch = Vec::new();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.purge_sleep();
             tokio::select! {
@@ -112,6 +144,7 @@ impl Daemon {
                     }
                 }
                 () = deadline => self.purge().await,
+                _ = tick.tick() => self.on_tick(),
                 res = addr_watch.changed() => {
                     let seen = res.context("watching addresses")?;
                     if seen.links {
@@ -179,6 +212,11 @@ impl Daemon {
                     self.log.line(&knocklog::stage(who, &door, stage));
                 }
                 Outcome::Open { src, door } => {
+                    // Over the limit: not even OPEN SESAME, so a flood cannot
+                    // flood the log either; `on_tick` reports the count.
+                    if self.limiter.admit(&door, src, monotonic_now()) == ratelimit::Verdict::Refused {
+                        continue;
+                    }
                     let who = self.who(src).await;
                     self.log.line(&knocklog::open_sesame(who, &door));
                     self.open(src, &door);
@@ -216,6 +254,15 @@ impl Daemon {
                 stop.map(String::from),
                 door.cmd_timeout,
             );
+        }
+    }
+
+    /// Keeps the gates in place and reports refused opens, at most once a
+    /// second per door.
+    fn on_tick(&mut self) {
+        self.gates.repair();
+        for (door, n) in self.limiter.tick(monotonic_now()) {
+            self.log.line(&format!("{door}: {n} opens over the rate limit in the last second, not opened"));
         }
     }
 

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use super::{door_spec, kernel_ports, Daemon};
+use super::{door_spec, kernel_ports, ratelimit, Daemon};
 use crate::{
     config::{self, model::Config},
+    events::monotonic_now,
     knocklog,
 };
 
@@ -43,6 +44,7 @@ impl Daemon {
             log::warn!("interface changes take effect on restart");
         }
         self.tracker.reconfigure(new.doors.iter().map(door_spec).collect(), new.options.max_sources);
+        self.limiter.configure(ratelimit::limits(&new), monotonic_now());
         self.doors = new.doors.iter().map(|d| (Arc::from(d.name.as_str()), d.clone())).collect();
         self.cfg = new;
         self.sync_addrs();
