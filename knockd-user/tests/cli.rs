@@ -157,6 +157,18 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         ":7: key `open`: ",
         "door `b` protects 22:tcp with the nftables backend, but door `a` protects it with xdp",
     ),
+    (
+        "knockport.yaml",
+        "doors:\n  a:\n    sequence: [7000, 2222]\n  b:\n    sequence: [1]\n    open:\n      ports: [2222/tcp]\n      duration: 30\n",
+        ":3: key `sequence`: ",
+        "door `a` knocks on 2222:tcp, which door `b` protects (",
+    ),
+    (
+        "windows.yaml",
+        "options:\n  open_burst: 100\ndoors:\n  a:\n    sequence: [1]\n    open:\n      ports: [22]\n      duration: 2h\n      backend: xdp\n",
+        ":8: key `open.duration`: ",
+        "the doors using the xdp backend could hold up to 72100 windows at once",
+    ),
 ];
 
 #[test]
@@ -171,6 +183,35 @@ fn check_names_file_line_and_key_for_each_error_class() {
         assert_eq!(out.stderr.lines().count(), 1, "{name}: {}", out.stderr);
         assert!(out.stdout.is_empty(), "{name}: {}", out.stdout);
     }
+}
+
+/// Issue 8, item 3, for a one-time file: the error names that file and its line.
+#[test]
+fn check_refuses_a_one_time_line_that_knocks_on_a_protected_port() {
+    let dir = Dir::new();
+    let otp = dir.write("otp", " 1,2\n 3,22\n");
+    let text = "doors:\n  a:\n    one_time_sequences: otp\n  b:\n    sequence: [9]\n    open:\n      ports: [22]\n      duration: 30\n";
+    let out = check(&dir.write("x.yaml", text));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let want = format!("{}:2: this one-time sequence of door `a`", otp.display());
+    assert!(out.stderr.starts_with(&want), "got {:?}\nwant {want:?}", out.stderr);
+    assert!(out.stderr.contains("knocks on 22:tcp, which door `b` protects"), "{}", out.stderr);
+}
+
+/// Issue 8, item 2: a used-up one-time file is no reason to refuse the config.
+#[test]
+fn check_accepts_a_used_up_one_time_file_with_a_warning() {
+    let dir = Dir::new();
+    let otp = dir.write("otp", "#1,2\n");
+    let text =
+        "doors:\n  once:\n    one_time_sequences: otp\n    open:\n      ports: [22]\n      duration: 30\n";
+    let out = check(&dir.write("x.yaml", text));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let warning = format!(
+        "one-time sequences file {} is used up: door once is disabled; its protected ports stay closed",
+        otp.display()
+    );
+    assert!(out.stderr.contains(&warning), "{}", out.stderr);
 }
 
 #[test]

@@ -177,7 +177,8 @@ fn live_sequence(raw: &[u8]) -> Option<Result<Vec<Step>, String>> {
     })
 }
 
-/// Gives every door with `one_time_sequences` its file's active sequence.
+/// Gives every door with `one_time_sequences` its file's active sequence, or an
+/// empty one (a disabled door, with a warning) when the file is used up.
 ///
 /// The file wins over a `sequence` given too, whatever their order. (knockd applies
 /// keys in file order, so there a `Sequence` line after `One_Time_Sequences` would win
@@ -196,10 +197,16 @@ pub(crate) fn load_sequences(draft: &mut Draft, config_path: &Path) -> Result<()
             let message = format!("cannot read one-time sequences file {}: {e}", file_path.display());
             door.error(config_path, "one_time_sequences", message)
         })?;
-        let Some((_, _, steps)) = file.active() else {
-            let message = format!("no sequence left in one-time sequences file {}", file_path.display());
-            return Err(door.error(config_path, "one_time_sequences", message));
-        };
+        // A used-up file disables the door but keeps its ports protected: refusing
+        // to start would leave them open once the gate is flushed.
+        let steps = file.active().map(|(_, _, steps)| steps).unwrap_or_else(|| {
+            log::warn!(
+                "one-time sequences file {} is used up: door {} is disabled; its protected ports stay closed",
+                file_path.display(),
+                door.door.name
+            );
+            Vec::new()
+        });
         door.door.sequence = steps;
         door.door.one_time_sequences = Some(file_path);
         door.one_time_lines = file.live_lines().to_vec();

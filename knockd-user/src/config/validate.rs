@@ -34,7 +34,9 @@ fn check_door(draft: &DraftDoor, path: &Path) -> Result<(), ConfigError> {
         let message = format!("door `{}` has no `sequence` (nor `one_time_sequences`)", door.name);
         return Err(ConfigError::new(path, draft.lines.header, message));
     }
-    check_sequence_len(&door.sequence).map_err(|m| draft.error(path, draft.sequence_key(), m))?;
+    if !is_used_up(draft) {
+        check_sequence_len(&door.sequence).map_err(|m| draft.error(path, draft.sequence_key(), m))?;
+    }
     // knockd expires an attempt once `now - start >= seq_timeout`, so 0 kills every
     // attempt at its second packet: the door could never open.
     if door.seq_timeout.is_zero() {
@@ -77,6 +79,10 @@ fn check_distinguishable(doors: &[DraftDoor], path: &Path) -> Result<(), ConfigE
 
 fn conflict(a: &DraftDoor, b: &DraftDoor) -> Option<String> {
     let (sa, sb) = (&a.door.sequence, &b.door.sequence);
+    // A disabled door matches nothing, so it is no prefix of anything.
+    if is_used_up(a) || is_used_up(b) {
+        return None;
+    }
     if effective_flags(a) != effective_flags(b) || a.door.target != b.door.target {
         return None;
     }
@@ -130,6 +136,11 @@ fn check_open_backends(draft: &Draft, path: &Path) -> Result<(), ConfigError> {
 fn door_gate(door: &DraftDoor, default: Backend) -> Option<(&OpenAction, Backend)> {
     let open = door.door.open.as_ref()?;
     Some((open, open.backend.unwrap_or(default)))
+}
+
+/// A one-time door whose file has no live line left: disabled, still protecting.
+fn is_used_up(door: &DraftDoor) -> bool {
+    door.door.one_time_sequences.is_some() && door.door.sequence.is_empty()
 }
 
 /// Flags only filter TCP packets, so they cannot tell all-UDP sequences apart.

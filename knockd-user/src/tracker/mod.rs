@@ -366,8 +366,8 @@ fn index(doors: &[DoorSpec]) -> (HashMap<Step, Vec<DoorId>>, HashMap<Step, Vec<D
     let mut by_first: HashMap<Step, Vec<DoorId>> = HashMap::new();
     let mut by_step: HashMap<Step, Vec<DoorId>> = HashMap::new();
     for (id, door) in doors.iter().enumerate() {
-        // An empty sequence is a config error upstream; here it just never
-        // starts.
+        // A used-up one-time door keeps an empty sequence (its ports stay
+        // protected): indexed nowhere, it never starts.
         if let Some(&first) = door.sequence.first() {
             by_first.entry(first).or_default().push(id);
         }

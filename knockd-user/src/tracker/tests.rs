@@ -593,3 +593,24 @@ fn odd_times_and_specs_do_not_panic() {
     assert!(opens(&step(&mut t, kn(BOB, tcp(4), 0))));
     assert_eq!(t.sources(), 0);
 }
+
+/// A used-up one-time door stays configured with an empty sequence: it must
+/// never start, advance or open, and an attempt on its old sequence ends.
+#[test]
+fn a_door_with_an_empty_sequence_never_starts_advances_or_opens() {
+    let mut t = Tracker::new(vec![door("off", &[]), three_step()], 100);
+    for (i, port) in [7000, 8000, 9000, 1, 65535].into_iter().enumerate() {
+        let out = step(&mut t, kn(ALICE, tcp(port), i as u64));
+        assert!(
+            out.iter().all(
+                |o| !matches!(o, Outcome::Stage { door, .. } | Outcome::Open { door, .. } if &**door == "off")
+            ),
+            "{out:?}"
+        );
+    }
+    let mut t = Tracker::new(vec![door("otp", &[tcp(1), tcp(2)])], 100);
+    step(&mut t, kn(ALICE, tcp(1), 0));
+    t.reconfigure(vec![door("otp", &[])], 100);
+    assert!(step(&mut t, kn(ALICE, tcp(2), 1)).is_empty());
+    assert_eq!((t.sources(), t.next_deadline()), (0, None));
+}

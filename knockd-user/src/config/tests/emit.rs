@@ -78,4 +78,9 @@ fn one_time_doors_write_the_file_not_the_sequence() {
     let c = parse_str(&text, Path::new("k.conf")).unwrap();
     let text = round_trip(&c);
     assert!(!text.contains("sequence:"), "{text}");
+    // Used up: still a door (disabled), written the same way.
+    std::fs::write(&otp, "#4,5\n").unwrap();
+    let c = parse_str(&text, Path::new("k.yaml")).unwrap();
+    assert!(c.doors[0].sequence.is_empty());
+    assert_eq!(round_trip(&c), text);
 }

@@ -103,19 +103,37 @@ fn config_takes_the_active_sequence_relative_to_the_config_dir() {
 }
 
 #[test]
-fn missing_or_used_up_files_are_errors_at_the_key() {
+fn a_missing_file_is_an_error_at_the_key() {
     let dir = TempDir::new();
     let missing = dir.path().join("missing");
     let text = format!("[d]\n\nOne_Time_Sequences = {}\n", missing.display());
     let err = parse(&text, "knockd.conf").unwrap_err();
     assert_eq!((err.line, err.key.as_deref()), (Some(3), Some("One_Time_Sequences")), "{err}");
     assert!(err.message.starts_with("cannot read one-time sequences file"), "{err}");
+}
 
+/// Issue 8, item 2: refusing the config would leave the ports open once the gate
+/// is gone, so a used-up file gives a door that never opens but still protects.
+#[test]
+fn a_used_up_file_gives_a_disabled_door_that_still_protects() {
+    let dir = TempDir::new();
     let used = dir.write("used", "#1,2\n\n # 3\n");
-    let text = format!("doors:\n  a:\n    sequence: [1]\n  d:\n    one_time_sequences: {}\n", used.display());
-    let err = parse(&text, "x.yaml").unwrap_err();
-    assert_eq!((err.line, err.key.as_deref()), (Some(5), Some("one_time_sequences")), "{err}");
-    assert_eq!(err.message, format!("no sequence left in one-time sequences file {}", used.display()));
+    let text = format!(
+        "doors:\n  a:\n    sequence: [1]\n  d:\n    one_time_sequences: {}\n    open:\n      ports: [22]\n      duration: 5\n",
+        used.display()
+    );
+    let c = parse(&text, "x.yaml").unwrap();
+    let d = &c.doors[1];
+    assert!(d.sequence.is_empty());
+    assert_eq!(d.one_time_sequences.as_deref(), Some(used.as_path()));
+    assert_eq!(d.open.as_ref().map(|o| o.ports.clone()), Some(vec![tcp(22)]));
+    // An empty sequence is no prefix of `a`'s, and a second used-up door is no twin.
+    let two = text
+        .replace("  a:\n    sequence: [1]\n", &format!("  a:\n    one_time_sequences: {}\n", used.display()));
+    assert_eq!(parse(&two, "x.yaml").unwrap().doors[0].sequence, []);
+    // Its protected ports still count against knock ports.
+    let err = parse(&text.replace("sequence: [1]", "sequence: [22]"), "x.yaml").unwrap_err();
+    assert_eq!((err.line, err.key.as_deref()), (Some(3), Some("sequence")), "{err}");
 }
 
 #[test]
