@@ -9,7 +9,9 @@ use aya_ebpf::{
     maps::{Array, HashMap},
     programs::XdpContext,
 };
-use knockd_common::{counter, AllowKey, AllowValue, FAMILY_V4, MAX_WINDOWS, PORT_SLOTS, PROTO_TCP};
+use knockd_common::{
+    counter, AllowKey, AllowValue, FAMILY_V4, GATE_ACTIVE_SLOT, MAX_WINDOWS, PORT_SLOTS, PROTO_TCP,
+};
 
 use crate::{
     bump,
@@ -49,6 +51,18 @@ pub fn check(ctx: &XdpContext, l4: &L4, slot: u32, port: u16, flags: u8) -> Opti
         }
     }
     bump(counter::GATE_DROP);
+    Some(xdp_action::XDP_DROP)
+}
+
+/// A frame the parser could not classify, though Linux might deliver it as a
+/// new connection to some port: while any port is gated it is dropped, since
+/// its port might be one of them. Only this slow path reads the flag.
+#[inline(always)]
+pub fn unclassified() -> Option<u32> {
+    if GATED.get(GATE_ACTIVE_SLOT).copied().unwrap_or(0) == 0 {
+        return None;
+    }
+    bump(counter::UNCLASSIFIED_DROP);
     Some(xdp_action::XDP_DROP)
 }
 

@@ -1,5 +1,8 @@
-//! The XDP knock detector. It owns nothing but knock packets: everything else
-//! is passed untouched, and a frame it cannot parse is passed too.
+//! The XDP knock detector and gate. It owns knock packets and new connections
+//! to gated ports; everything else is passed untouched. A frame it cannot
+//! fully parse is passed too, unless a gate is active and Linux could still
+//! deliver that frame as a new connection: then it is dropped (fail closed,
+//! see `parse`).
 #![no_std]
 #![no_main]
 
@@ -17,7 +20,7 @@ use knockd_common::{
     counter, port_slot, AddrMark, KnockEvent, PortRule, FAMILY_V4, MAX_LOCAL_ADDRS, PORT_KNOCK, PORT_SLOTS,
     PORT_STEALTH, PROTO_TCP, RING_BYTES,
 };
-use parse::{locate_l4, ptr_at, read_be16, read_u8, L4, TCP_HLEN, UDP_HLEN};
+use parse::{locate_l4, ptr_at, read_be16, read_u8, Stop, L4};
 
 #[map]
 static KNOCK_RULES: Array<PortRule> = Array::with_max_entries(PORT_SLOTS, 0);
@@ -37,17 +40,18 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[xdp]
 pub fn xknock(ctx: XdpContext) -> u32 {
     bump(counter::FRAMES);
-    // A parse failure is "not ours": only a recognised knock on a stealthy
-    // door or a gated new connection is ever dropped.
+    // Only a recognised knock on a stealthy door, a gated new connection, or
+    // an unclassifiable frame while a gate is active is ever dropped.
     try_xknock(&ctx).unwrap_or(xdp_action::XDP_PASS)
 }
 
 #[inline(always)]
 fn try_xknock(ctx: &XdpContext) -> Option<u32> {
-    let l4 = locate_l4(ctx)?;
-    let hlen = if l4.proto == PROTO_TCP { TCP_HLEN } else { UDP_HLEN };
-    // The whole L4 header must be present, not just the port we read.
-    ptr_at::<u8>(ctx, l4.l4 + hlen - 1)?;
+    let l4 = match locate_l4(ctx) {
+        Ok(l4) => l4,
+        Err(Stop::NotOurs) => return None,
+        Err(Stop::Unclassified) => return gate::unclassified(),
+    };
     let dst_port = read_be16(ctx, l4.l4 + 2)?;
     let flags = if l4.proto == PROTO_TCP { read_u8(ctx, l4.l4 + 13)? } else { 0 };
     let slot = port_slot(dst_port, l4.proto);

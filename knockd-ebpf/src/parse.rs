@@ -1,5 +1,39 @@
 //! Bounds-checked header walking. Every read goes through `ptr_at`, which the
 //! verifier needs to see before any access to packet memory.
+//!
+//! The walk ends in one of three answers. `Ok(L4)`: a TCP or UDP header that
+//! lies whole in the frame, whose ports and flags say what Linux would do with
+//! it. `Stop::NotOurs`: nothing Linux could deliver as a new connection on
+//! the strength of this frame. `Stop::Unclassified`: Linux might deliver it,
+//! after reassembly or a longer walk than ours, to a port we cannot see; with
+//! a gate active that frame is dropped (fail closed).
+//!
+//! Verdicts per class, and why (Linux 6.x):
+//! - IPv4 with IHL < 5, a header longer than the frame, or a version other
+//!   than 4: `ip_rcv` drops it, so `NotOurs`.
+//! - IPv4 options: the L4 header is found past them, as Linux finds it.
+//! - IPv4 first fragment (MF, offset 0) whose L4 header is not whole within
+//!   the fragment (Linux trims the frame to the IP total length first):
+//!   `Unclassified`; reassembly would take the header from later fragments.
+//!   A first fragment with a whole header is judged by it: Linux (since
+//!   4.19, and RFC 5722 for IPv6) drops overlapping fragments, so no later
+//!   fragment can rewrite the ports or flags.
+//! - IPv4 TCP fragment at offset 1 (RFC 1858): `Unclassified`; it can only
+//!   serve to complete or rewrite a TCP header. Other non-first fragments
+//!   carry no header: `NotOurs`, their first fragment decides.
+//! - A whole (unfragmented) datagram whose L4 header is cut short: Linux
+//!   drops it, so `NotOurs`.
+//! - IPv6: hop-by-hop, routing, destination options and fragment headers
+//!   are walked. A chain longer than `MAX_EXT_HDRS` or reaching past
+//!   `MAX_L4_OFFSET`: `Unclassified` (Linux walks any number).
+//! - IPv6 first fragment (offset 0, M set) without the whole chain and L4
+//!   header inside the payload length (RFC 7112): `Unclassified`. Linux
+//!   5.10+ discards most of these itself, but not every kernel does.
+//! - More VLAN tags than `MAX_VLAN_TAGS`: `Unclassified`; stacked VLAN
+//!   devices would deliver the frame.
+//! - Anything that is not IPv4/IPv6 carrying TCP/UDP at this level (ARP,
+//!   ICMP, ESP/AH, tunnels): `NotOurs`. What a tunnel or IPsec decapsulates
+//!   later never passes through XDP again; see the README.
 
 use core::mem::size_of;
 
@@ -14,28 +48,41 @@ const ETH_P_8021AD: u16 = 0x88A8;
 const VLAN_HLEN: usize = 4;
 const MAX_VLAN_TAGS: usize = 2;
 
+const IPV4_MF: u16 = 0x2000;
+const IPV4_OFFSET: u16 = 0x1fff;
 const IPV6_HLEN: usize = 40;
 const NEXTHDR_HOP: u8 = 0;
 const NEXTHDR_ROUTING: u8 = 43;
 const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_DEST: u8 = 60;
+const IPV6_FRAG_OFFSET: u16 = 0xfff8;
+const IPV6_FRAG_MORE: u16 = 1;
 /// Extension headers walked before giving up on a packet. Real stacks send one
 /// or two; the bound keeps the verifier's path count small.
 const MAX_EXT_HDRS: usize = 6;
-/// Packets whose L4 header starts beyond this are not treated as knocks.
+/// Packets whose L4 header starts beyond this are not judged by their ports.
 /// It also gives the verifier an upper bound on the variable offset.
 const MAX_L4_OFFSET: usize = 512;
 
 pub const TCP_HLEN: usize = 20;
 pub const UDP_HLEN: usize = 8;
 
-/// Where the headers of a candidate knock sit in the frame.
+/// Where the headers of a frame's TCP or UDP header sit. The whole L4
+/// header lies inside the frame.
 pub struct L4 {
     pub family: u8,
     pub proto: u8,
     pub l3: usize,
     pub l4: usize,
 }
+
+/// Why a frame has no L4 header to judge.
+pub enum Stop {
+    NotOurs,
+    Unclassified,
+}
+
+use Stop::{NotOurs, Unclassified};
 
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
@@ -60,69 +107,135 @@ pub fn read_be16(ctx: &XdpContext, off: usize) -> Option<u16> {
     ptr_at::<[u8; 2]>(ctx, off).map(|p| u16::from_be_bytes(unsafe { *p }))
 }
 
-/// Walks Ethernet, VLAN tags and the IP header(s) down to a TCP or UDP
-/// header. `None` means "not a knock candidate", never an error.
+/// Walks Ethernet, VLAN tags and the IP header(s) down to a whole TCP or UDP
+/// header.
 #[inline(always)]
-pub fn locate_l4(ctx: &XdpContext) -> Option<L4> {
+pub fn locate_l4(ctx: &XdpContext) -> Result<L4, Stop> {
     let (ethertype, l3) = skip_vlans(ctx)?;
     match ethertype {
         ETH_P_IP => ipv4(ctx, l3),
         ETH_P_IPV6 => ipv6(ctx, l3),
-        _ => None,
+        _ => Err(NotOurs),
     }
 }
 
 #[inline(always)]
-fn skip_vlans(ctx: &XdpContext) -> Option<(u16, usize)> {
-    let mut ethertype = read_be16(ctx, 12)?;
+fn is_vlan(ethertype: u16) -> bool {
+    ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD
+}
+
+#[inline(always)]
+fn skip_vlans(ctx: &XdpContext) -> Result<(u16, usize), Stop> {
+    let mut ethertype = read_be16(ctx, 12).ok_or(NotOurs)?;
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
-        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+        if !is_vlan(ethertype) {
             break;
         }
-        ethertype = read_be16(ctx, off + 2)?;
+        ethertype = read_be16(ctx, off + 2).ok_or(NotOurs)?;
         off += VLAN_HLEN;
     }
-    Some((ethertype, off))
+    if is_vlan(ethertype) {
+        return Err(Unclassified);
+    }
+    Ok((ethertype, off))
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, l3: usize) -> Option<L4> {
-    let ver_ihl = read_u8(ctx, l3)?;
+fn l4_hlen(proto: u8) -> usize {
+    if proto == PROTO_TCP {
+        TCP_HLEN
+    } else {
+        UDP_HLEN
+    }
+}
+
+#[inline(always)]
+fn header_whole(ctx: &XdpContext, l4: &L4) -> bool {
+    ptr_at::<u8>(ctx, l4.l4 + l4_hlen(l4.proto) - 1).is_some()
+}
+
+/// The bytes of the frame from `l3` on.
+#[inline(always)]
+fn ip_bytes(ctx: &XdpContext, l3: usize) -> usize {
+    (ctx.data_end() - ctx.data()).saturating_sub(l3)
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, l3: usize) -> Result<L4, Stop> {
+    let ver_ihl = read_u8(ctx, l3).ok_or(NotOurs)?;
     let ihl = ((ver_ihl & 0x0f) as usize) * 4;
     if ver_ihl >> 4 != 4 || ihl < 20 {
-        return None;
+        return Err(NotOurs);
     }
-    // Later fragments carry no L4 header; the bytes there are payload.
-    let frag = read_be16(ctx, l3 + 6)?;
-    if frag & 0x1fff != 0 {
-        return None;
+    let frag = read_be16(ctx, l3 + 6).ok_or(NotOurs)?;
+    let proto = read_u8(ctx, l3 + 9).ok_or(NotOurs)?;
+    if !is_l4(proto) {
+        return Err(NotOurs);
     }
-    let proto = read_u8(ctx, l3 + 9)?;
-    l4_proto(proto)?;
-    Some(L4 { family: FAMILY_V4, proto, l3, l4: l3 + ihl })
+    let offset = frag & IPV4_OFFSET;
+    if offset != 0 {
+        // RFC 1858: a TCP fragment at offset 1 can only complete or rewrite
+        // the TCP header of its first fragment.
+        return Err(if offset == 1 && proto == PROTO_TCP { Unclassified } else { NotOurs });
+    }
+    let l4 = L4 { family: FAMILY_V4, proto, l3, l4: l3 + ihl };
+    if frag & IPV4_MF != 0 {
+        return first_v4_fragment(ctx, l4, ihl);
+    }
+    // A whole datagram with a cut-short L4 header is dropped by Linux.
+    if !header_whole(ctx, &l4) {
+        return Err(NotOurs);
+    }
+    Ok(l4)
+}
+
+/// Linux trims a frame to its IP total length, so a first fragment is judged
+/// by its L4 header only when that header lies inside the total length.
+#[inline(always)]
+fn first_v4_fragment(ctx: &XdpContext, l4: L4, ihl: usize) -> Result<L4, Stop> {
+    let total = read_be16(ctx, l4.l3 + 2).ok_or(NotOurs)? as usize;
+    if ihl + l4_hlen(l4.proto) <= total && header_whole(ctx, &l4) {
+        return Ok(l4);
+    }
+    // Linux drops a datagram longer than its frame or shorter than its header.
+    if total > ip_bytes(ctx, l4.l3) || total < ihl {
+        return Err(NotOurs);
+    }
+    Err(Unclassified)
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, l3: usize) -> Option<L4> {
-    if read_u8(ctx, l3)? >> 4 != 6 {
-        return None;
+fn is_ext(next: u8) -> bool {
+    matches!(next, NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_FRAGMENT)
+}
+
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, l3: usize) -> Result<L4, Stop> {
+    if read_u8(ctx, l3).ok_or(NotOurs)? >> 4 != 6 {
+        return Err(NotOurs);
     }
-    let mut next = read_u8(ctx, l3 + 6)?;
+    let mut next = read_u8(ctx, l3 + 6).ok_or(NotOurs)?;
     let mut off = l3 + IPV6_HLEN;
+    // Set by a fragment header with offset 0 and more to come.
+    let mut first_fragment = false;
     for _ in 0..MAX_EXT_HDRS {
-        if !matches!(next, NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_FRAGMENT) {
+        if !is_ext(next) {
             break;
         }
         // One bounds check for the 4 bytes all these headers start with, so
         // the compiler cannot split it into checks the verifier cannot follow.
         // SAFETY: ptr_at checked the 4 bytes lie inside the frame.
-        let hdr = unsafe { *ptr_at::<[u8; 4]>(ctx, off)? };
+        let Some(hdr) = ptr_at::<[u8; 4]>(ctx, off).map(|p| unsafe { *p }) else {
+            return Err(cut_short(first_fragment));
+        };
         let len = if next == NEXTHDR_FRAGMENT {
+            let field = u16::from_be_bytes([hdr[2], hdr[3]]);
             // Only the first fragment (offset 0) carries the L4 header.
-            if u16::from_be_bytes([hdr[2], hdr[3]]) & 0xfff8 != 0 {
-                return None;
+            if field & IPV6_FRAG_OFFSET != 0 {
+                return Err(NotOurs);
             }
+            first_fragment |= field & IPV6_FRAG_MORE != 0;
             8
         } else {
             (hdr[1] as usize + 1) * 8
@@ -130,14 +243,52 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Option<L4> {
         next = hdr[0];
         off += len;
         if off > MAX_L4_OFFSET {
-            return None;
+            return Err(Unclassified);
         }
     }
-    l4_proto(next)?;
-    Some(L4 { family: FAMILY_V6, proto: next, l3, l4: off })
+    if is_ext(next) {
+        return Err(Unclassified);
+    }
+    if !is_l4(next) {
+        return Err(NotOurs);
+    }
+    let l4 = L4 { family: FAMILY_V6, proto: next, l3, l4: off };
+    if first_fragment {
+        return first_v6_fragment(ctx, l4);
+    }
+    if !header_whole(ctx, &l4) {
+        return Err(NotOurs);
+    }
+    Ok(l4)
+}
+
+/// A chain that runs off the frame: Linux drops a whole packet like that,
+/// but a first fragment's chain may go on in the next fragment.
+#[inline(always)]
+fn cut_short(first_fragment: bool) -> Stop {
+    if first_fragment {
+        Unclassified
+    } else {
+        NotOurs
+    }
+}
+
+/// RFC 7112: a first fragment is judged only when the whole chain and the L4
+/// header lie inside its payload length (Linux trims the frame to it).
+#[inline(always)]
+fn first_v6_fragment(ctx: &XdpContext, l4: L4) -> Result<L4, Stop> {
+    let end = IPV6_HLEN + read_be16(ctx, l4.l3 + 4).ok_or(NotOurs)? as usize;
+    if l4.l4 + l4_hlen(l4.proto) <= l4.l3 + end && header_whole(ctx, &l4) {
+        return Ok(l4);
+    }
+    // Linux drops a packet longer than its frame.
+    if end > ip_bytes(ctx, l4.l3) {
+        return Err(NotOurs);
+    }
+    Err(Unclassified)
 }
 
 #[inline(always)]
-fn l4_proto(proto: u8) -> Option<()> {
-    (proto == PROTO_TCP || proto == PROTO_UDP).then_some(())
+fn is_l4(proto: u8) -> bool {
+    proto == PROTO_TCP || proto == PROTO_UDP
 }
