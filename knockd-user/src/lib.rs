@@ -14,5 +14,6 @@ pub mod daemon;
 pub mod events;
 pub mod gate;
 pub mod knocklog;
+pub mod pidfile;
 pub mod process;
 pub mod tracker;

@@ -1,42 +1,10 @@
-//! Process lifecycle: the pid file and `-d` detaching.
+//! Process lifecycle: `-d` detaching. The pid file is in [`crate::pidfile`].
 
 use std::{
     fs::File,
     io::{self, Read, Write},
     os::fd::{FromRawFd, OwnedFd},
-    path::{Path, PathBuf},
 };
-
-/// Holds the pid file; removes it when dropped (clean exit or error return).
-pub struct PidFile(PathBuf);
-
-impl PidFile {
-    /// Writes our pid. A file naming a live xknockd is an error: two daemons
-    /// on one pid file would remove each other's.
-    pub fn create(path: &Path) -> io::Result<Self> {
-        if let Some(pid) = running_pid(path) {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("xknockd is already running as pid {pid} ({})", path.display()),
-            ));
-        }
-        std::fs::write(path, format!("{}\n", std::process::id()))?;
-        Ok(Self(path.to_path_buf()))
-    }
-}
-
-/// The pid in `path` if it names a live xknockd other than us.
-fn running_pid(path: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    (pid != std::process::id() && comm.trim() == "xknockd").then_some(pid)
-}
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 /// The detached daemon's line back to the process that started it: the
 /// starter exits only once start-up has succeeded or failed, with that
@@ -112,31 +80,5 @@ fn wait_for_child(mut rx: File) -> ! {
             eprintln!("xknockd: {}", String::from_utf8_lossy(why));
             std::process::exit(1)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pid_file_holds_our_pid_and_goes_away() {
-        let path = std::env::temp_dir().join(format!("xknockd-test-{}.pid", std::process::id()));
-        {
-            let _pid = PidFile::create(&path).unwrap();
-            let text = std::fs::read_to_string(&path).unwrap();
-            assert_eq!(text.trim(), std::process::id().to_string());
-        }
-        assert!(!path.exists());
-    }
-
-    #[test]
-    fn a_stale_pid_file_is_replaced() {
-        let path = std::env::temp_dir().join(format!("xknockd-stale-{}.pid", std::process::id()));
-        // pid 1 is init, not xknockd: stale as far as we are concerned.
-        std::fs::write(&path, "1\n").unwrap();
-        let pid = PidFile::create(&path).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), std::process::id().to_string());
-        drop(pid);
     }
 }

@@ -214,6 +214,24 @@ fn check_accepts_a_used_up_one_time_file_with_a_warning() {
     assert!(out.stderr.contains(&warning), "{}", out.stderr);
 }
 
+/// Issue 8, item 8: a second daemon fails on the locked pid file and leaves it as
+/// it was. The interface does not exist, so even a broken lock attaches nothing.
+#[test]
+fn a_second_daemon_fails_on_the_pid_file_and_leaves_it_alone() {
+    let dir = Dir::new();
+    let config = dir.write("x.yaml", "doors:\n  a:\n    sequence: [7000, 8000]\n");
+    let pid_path = dir.0.join("xknockd.pid");
+    let held = xknock::pidfile::PidFile::create(&pid_path).unwrap();
+    let ours = format!("{}\n", std::process::id());
+    let args = ["-c", config.to_str().unwrap(), "-p", pid_path.to_str().unwrap(), "-i", "xk-absent0"];
+    let out = xknockd(&args);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let want = format!("xknockd is already running as pid {} ({})", std::process::id(), pid_path.display());
+    assert!(out.stderr.contains(&want), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&pid_path).unwrap(), ours);
+    drop(held);
+}
+
 #[test]
 fn a_missing_config_file_is_an_error() {
     let out = check(Path::new("/nonexistent/xknockd.yaml"));

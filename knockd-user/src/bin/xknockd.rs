@@ -14,7 +14,8 @@ use xknock::{
     daemon::{Daemon, RunOptions},
     gate::GateError,
     knocklog::{KnockLog, LogConfig},
-    process::{daemonize, PidFile, Readiness},
+    pidfile::PidFile,
+    process::{daemonize, Readiness},
 };
 
 fn main() -> ExitCode {
@@ -92,7 +93,9 @@ fn serve(
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     // Inside the runtime: the daemon's command runner binds to it.
     match rt.block_on(async { start_up(cfg, opts, log_cfg, pid_path) }) {
-        Ok((_pid, daemon)) => {
+        // The pid file stays locked until `run` returns; with -d it was taken
+        // after detaching, so the lock belongs to the process that stays.
+        Ok((_pid_file, daemon)) => {
             if let Some(r) = ready {
                 r.ready();
             }
