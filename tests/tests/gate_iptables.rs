@@ -47,7 +47,7 @@ fn assert_installed(pair: &NetPair) {
             ours,
             [
                 format!("-A XKNOCKD -p tcp -m tcp --dport {PORT} -m set --match-set {set} src,dst -j RETURN"),
-                format!("-A XKNOCKD -p tcp -m tcp --dport {PORT} -m conntrack --ctstate NEW -j DROP"),
+                format!("-A XKNOCKD -p tcp -m tcp --dport {PORT} -m conntrack --ctstate INVALID,NEW,UNTRACKED -j DROP"),
             ],
             "{text}"
         );

@@ -6,23 +6,33 @@
 //!
 //! ```text
 //! -A XKNOCKD -p tcp --dport 22 -m set --match-set xknockd4 src,dst -j RETURN
-//! -A XKNOCKD -p tcp --dport 22 -m conntrack --ctstate NEW -j DROP
+//! -A XKNOCKD -p tcp --dport 22 -m conntrack --ctstate INVALID,NEW,UNTRACKED -j DROP
 //! ```
 //!
 //! A knocker's packets return to INPUT and meet the rest of the host
-//! firewall; every other new connection is dropped. Only NEW is dropped so a
-//! connection opened inside a window outlives it. The kernel expires the set
-//! entries itself, so windows end on time even after a SIGKILL, and the rules
-//! stay behind to keep the ports closed.
+//! firewall; every other new connection is dropped. Established connections
+//! are not, so a connection opened inside a window outlives it; UNTRACKED
+//! is, or a `-j NOTRACK` in the raw table would let new connections past us.
+//! The kernel expires the set entries itself, so windows end on time even
+//! after a SIGKILL, and the rules stay behind to keep the ports closed.
+//!
+//! Our jump is the first rule of INPUT, so no rule another tool adds can
+//! accept a packet before we see it. The daemon calls [`Gate::repair`] about
+//! twice a second: one `iptables -S` per family compared with what install
+//! makes (see `check`), and the sets listed. A rule above our jump, a
+//! deleted jump, a flushed chain or a destroyed set is put back, with the
+//! windows the gate remembers opening.
+
+mod check;
 
 use std::{
     io::Write,
     net::IpAddr,
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use super::{run, Gate, GateError, Protected, Window};
+use super::{memory::Remembered, run, Gate, GateError, Protected, Window};
 use crate::config::model::{Backend, Proto, Step};
 
 pub const CHAIN: &str = "XKNOCKD";
@@ -33,6 +43,8 @@ pub const SET_V6: &str = "xknockd6";
 const MAX_TIMEOUT_SECS: u64 = 2_147_483;
 /// ipset refuses longer comments.
 const MAX_COMMENT_BYTES: usize = 255;
+/// What the drop rule matches, in the order `iptables -S` prints it.
+const DROPPED_STATES: &str = "INVALID,NEW,UNTRACKED";
 
 /// One of the two address families, each with its own tools and set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,11 +92,13 @@ impl Family {
     }
 }
 
-/// The iptables gate. It keeps no state of its own: everything lives in the
-/// kernel, so a restarted daemon (or `--status`) sees what an earlier one left.
+/// The iptables gate. Everything that decides who gets in lives in the
+/// kernel, so a restarted daemon (or `--status`) sees what an earlier one
+/// left; the gate only remembers the windows it opened, to restore them
+/// after a repair.
 #[derive(Debug)]
 pub struct IptablesGate {
-    _private: (),
+    opened: Remembered,
 }
 
 impl IptablesGate {
@@ -96,7 +110,7 @@ impl IptablesGate {
         probe("iptables-restore", &["--version"], "iptables")?;
         probe("ip6tables-restore", &["--version"], "iptables")?;
         probe("ipset", &["-n", "list"], "ipset")?;
-        Ok(IptablesGate { _private: () })
+        Ok(IptablesGate { opened: Remembered::default() })
     }
 }
 
@@ -127,15 +141,23 @@ impl Gate for IptablesGate {
             // The rules name the set, so it must exist first. `-exist` keeps
             // an earlier run's set and the windows in it.
             run(Command::new("ipset").args(create_set_args(family)))?;
-            let add_jump = !has_jump(family)?;
-            restore(family, &restore_script(family, &ports, add_jump))?;
+            let seen = check::parse(&rules_text(family)?);
+            restore(family, &restore_script(family, &ports, &seen))?;
         }
+        let now = Instant::now();
+        self.opened.adopt(&self.windows()?, now);
+        self.opened.prune(&ports, now);
         Ok(())
     }
 
     fn open(&mut self, door: &str, src: IpAddr, ports: &[Step], duration: Duration) -> Result<(), GateError> {
+        // Read before the kernel starts its timer, so ours ends first.
+        let start = Instant::now();
         for &port in ports {
             run(Command::new("ipset").args(add_args(door, src, port, duration)))?;
+        }
+        if let Some(end) = start.checked_add(duration) {
+            self.opened.open(door, src, ports, end);
         }
         Ok(())
     }
@@ -150,6 +172,7 @@ impl Gate for IptablesGate {
     }
 
     fn close_windows(&mut self) -> Result<(), GateError> {
+        self.opened.clear();
         for family in existing_sets()? {
             run(Command::new("ipset").args(["flush", family.set()]))?;
         }
@@ -157,6 +180,7 @@ impl Gate for IptablesGate {
     }
 
     fn flush(&mut self) -> Result<(), GateError> {
+        self.opened.clear();
         for family in Family::BOTH {
             while has_jump(family)? {
                 run(iptables(family).args(["-D", "INPUT", "-j", CHAIN]))?;
@@ -171,6 +195,42 @@ impl Gate for IptablesGate {
             run(Command::new("ipset").args(["destroy", family.set()]))?;
         }
         Ok(())
+    }
+
+    fn repair(&mut self, protected: &[Protected]) -> Result<Vec<String>, GateError> {
+        let ports = distinct_ports(protected);
+        let now = Instant::now();
+        self.opened.prune(&ports, now);
+        let mut lines = Vec::new();
+        for family in Family::BOTH {
+            let (mut what, mut done) = (Vec::new(), Vec::new());
+            let set = list_set(family)?;
+            if set.is_none() {
+                what.push(format!("ipset {} is gone", family.set()));
+                run(Command::new("ipset").args(create_set_args(family)))?;
+                done.push("re-created the set".to_string());
+            }
+            let seen = check::parse(&rules_text(family)?);
+            let found = check::findings(family, &seen, &ports);
+            if !found.is_empty() {
+                restore(family, &restore_script(family, &ports, &seen))?;
+                done.push(format!("rewrote chain {CHAIN} with our jump first in INPUT"));
+            }
+            what.extend(found);
+            let present = parse_save(set.as_deref().unwrap_or_default());
+            let lost = self.opened.missing_from(&present, now);
+            if !lost.is_empty() {
+                what.push(format!("{} open window(s) gone from ipset {}", lost.len(), family.set()));
+                for w in &lost {
+                    run(Command::new("ipset").args(add_args(&w.door, w.src, w.port, w.remaining)))?;
+                }
+                done.push(format!("restored {} window(s)", lost.len()));
+            }
+            if !what.is_empty() {
+                lines.push(format!("{}: {}; {}", family.iptables(), what.join(", "), done.join(", ")));
+            }
+        }
+        Ok(lines)
     }
 }
 
@@ -194,6 +254,30 @@ fn iptables(family: Family) -> Command {
 fn has_jump(family: Family) -> Result<bool, GateError> {
     let out = iptables(family).args(["-C", "INPUT", "-j", CHAIN]).output()?;
     Ok(out.status.success())
+}
+
+/// The whole filter table as `iptables -S` prints it: one call shows both
+/// INPUT and our chain.
+fn rules_text(family: Family) -> Result<String, GateError> {
+    let out = run(iptables(family).arg("-S"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// One family's set as `ipset list -output save` prints it, or `None` when
+/// it does not exist.
+fn list_set(family: Family) -> Result<Option<String>, GateError> {
+    let out = Command::new("ipset").args(["list", family.set(), "-output", "save"]).output()?;
+    if out.status.success() {
+        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    // Only a missing set means "nothing there"; any other failure is real.
+    if existing_sets()?.contains(&family) {
+        return Err(GateError::Command {
+            cmd: format!("ipset list {} -output save", family.set()),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(None)
 }
 
 fn has_chain(family: Family) -> Result<bool, GateError> {
@@ -268,16 +352,21 @@ fn comment(door: &str) -> String {
 }
 
 /// The `*-restore --noflush` transaction that makes our chain hold exactly
-/// the rules for `ports`, and adds the jump from INPUT when missing. Chain,
-/// rules and jump change together or not at all; nothing else is touched.
-pub fn restore_script(family: Family, ports: &[Step], add_jump: bool) -> String {
+/// the rules for `ports`, and makes our jump the one and only first rule of
+/// INPUT unless `seen` shows it already is. Chain, rules and jump change
+/// together or not at all, so no packet finds the port unguarded; nothing
+/// else is touched.
+fn restore_script(family: Family, ports: &[Step], seen: &check::Seen) -> String {
     let mut s = format!("*filter\n:{CHAIN} - [0:0]\n-F {CHAIN}\n");
     for step in ports {
         let (proto, port, set) = (step.proto.as_str(), step.port, family.set());
         s += &format!("-A {CHAIN} -p {proto} --dport {port} -m set --match-set {set} src,dst -j RETURN\n");
-        s += &format!("-A {CHAIN} -p {proto} --dport {port} -m conntrack --ctstate NEW -j DROP\n");
+        s += &format!(
+            "-A {CHAIN} -p {proto} --dport {port} -m conntrack --ctstate {DROPPED_STATES} -j DROP\n"
+        );
     }
-    if add_jump {
+    if !seen.jump_in_place() {
+        s += &format!("-D INPUT -j {CHAIN}\n").repeat(seen.jumps);
         s += &format!("-I INPUT 1 -j {CHAIN}\n");
     }
     s + "COMMIT\n"
@@ -360,17 +449,22 @@ mod tests {
         Step { port, proto: Proto::Udp }
     }
 
+    /// INPUT as `check::parse` sees it: `above` rules, then `jumps` jumps.
+    fn seen(above: usize, jumps: usize) -> check::Seen {
+        check::Seen { above, jumps, chain: Some(Vec::new()) }
+    }
+
     #[test]
-    fn restore_script_for_v4_with_jump() {
-        let got = restore_script(Family::V4, &[tcp(22), udp(60001)], true);
+    fn restore_script_for_v4_adds_the_missing_jump() {
+        let got = restore_script(Family::V4, &[tcp(22), udp(60001)], &seen(2, 0));
         let want = "\
 *filter
 :XKNOCKD - [0:0]
 -F XKNOCKD
 -A XKNOCKD -p tcp --dport 22 -m set --match-set xknockd4 src,dst -j RETURN
--A XKNOCKD -p tcp --dport 22 -m conntrack --ctstate NEW -j DROP
+-A XKNOCKD -p tcp --dport 22 -m conntrack --ctstate INVALID,NEW,UNTRACKED -j DROP
 -A XKNOCKD -p udp --dport 60001 -m set --match-set xknockd4 src,dst -j RETURN
--A XKNOCKD -p udp --dport 60001 -m conntrack --ctstate NEW -j DROP
+-A XKNOCKD -p udp --dport 60001 -m conntrack --ctstate INVALID,NEW,UNTRACKED -j DROP
 -I INPUT 1 -j XKNOCKD
 COMMIT
 ";
@@ -378,22 +472,32 @@ COMMIT
     }
 
     #[test]
-    fn restore_script_for_v6_without_jump_uses_the_v6_set() {
-        let got = restore_script(Family::V6, &[tcp(2222)], false);
+    fn restore_script_for_v6_with_the_jump_first_uses_the_v6_set() {
+        let got = restore_script(Family::V6, &[tcp(2222)], &seen(0, 1));
         let want = "\
 *filter
 :XKNOCKD - [0:0]
 -F XKNOCKD
 -A XKNOCKD -p tcp --dport 2222 -m set --match-set xknockd6 src,dst -j RETURN
--A XKNOCKD -p tcp --dport 2222 -m conntrack --ctstate NEW -j DROP
+-A XKNOCKD -p tcp --dport 2222 -m conntrack --ctstate INVALID,NEW,UNTRACKED -j DROP
 COMMIT
 ";
         assert_eq!(got, want);
     }
 
     #[test]
+    fn restore_script_moves_a_buried_or_doubled_jump_to_the_top() {
+        let want =
+            "*filter\n:XKNOCKD - [0:0]\n-F XKNOCKD\n-D INPUT -j XKNOCKD\n-I INPUT 1 -j XKNOCKD\nCOMMIT\n";
+        assert_eq!(restore_script(Family::V4, &[], &seen(1, 1)), want);
+        let twice = restore_script(Family::V4, &[], &seen(0, 2));
+        assert_eq!(twice.matches("-D INPUT -j XKNOCKD\n").count(), 2, "{twice}");
+    }
+
+    #[test]
     fn restore_script_with_no_ports_empties_the_chain() {
-        assert_eq!(restore_script(Family::V4, &[], false), "*filter\n:XKNOCKD - [0:0]\n-F XKNOCKD\nCOMMIT\n");
+        let got = restore_script(Family::V4, &[], &seen(0, 1));
+        assert_eq!(got, "*filter\n:XKNOCKD - [0:0]\n-F XKNOCKD\nCOMMIT\n");
     }
 
     #[test]

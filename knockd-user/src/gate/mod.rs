@@ -4,6 +4,7 @@
 //! the daemon dies.
 
 pub mod iptables;
+mod memory;
 pub mod nftables;
 
 use std::{net::IpAddr, time::Duration};

@@ -11,7 +11,7 @@
 //!         type filter hook input priority filter - 10; policy accept;
 //!         ip saddr . meta l4proto . th dport @allow4 accept
 //!         ip6 saddr . meta l4proto . th dport @allow6 accept
-//!         meta l4proto . th dport @protected ct state new drop
+//!         meta l4proto . th dport @protected ct state invalid,new,untracked drop
 //!     }
 //! }
 //! ```
@@ -21,23 +21,34 @@
 //! stays closed whatever other tables say. Our `accept` only ends *our* chain:
 //! a later table (a usual `filter` at priority 0) can still drop the knocker,
 //! so a host with a default-drop policy must let the protected ports through
-//! itself. Only `ct state new` is dropped, so connections opened inside a
-//! window keep working after it, through conntrack.
+//! itself. Established connections are not dropped, so connections opened
+//! inside a window keep working after it, through conntrack. Everything else
+//! is: `untracked` too, or a `notrack` rule in someone else's raw-priority
+//! chain would let new connections past us, and `invalid`, since a packet
+//! conntrack cannot place is no part of a connection we let in.
 //!
 //! Windows are set elements with a timeout: the kernel expires them, so they
 //! end on time even when the daemon is SIGKILLed, and the ports stay closed.
+//!
+//! The daemon calls [`Gate::repair`] about twice a second: one `nft -j list
+//! table` compared with what install makes (see `check`). A flushed ruleset,
+//! a deleted table, chain or set, a rule added to our chain or a changed
+//! chain is put back in one transaction, with the windows the gate
+//! remembers opening.
+
+mod check;
 
 use std::{
     collections::BTreeSet,
     io::Write,
     net::IpAddr,
     process::{Command, Output, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::{json, Value};
 
-use super::{Gate, GateError, Protected, Window};
+use super::{memory::Remembered, Gate, GateError, Protected, Window};
 use crate::config::model::{Backend, Proto, Step};
 
 const FAMILY: &str = "inet";
@@ -51,10 +62,11 @@ const PRIORITY: i64 = -10;
 /// nft (libnftnl) rejects element comments longer than this.
 const COMMENT_MAX: usize = 128;
 
-/// The nftables gate. It holds no state: the kernel's table is the truth.
+/// The nftables gate. The kernel's table is the truth; the gate only
+/// remembers the windows it opened, to restore them after a repair.
 #[derive(Debug)]
 pub struct NftGate {
-    _private: (),
+    opened: Remembered,
 }
 
 impl NftGate {
@@ -76,7 +88,7 @@ impl NftGate {
         // conntrack matching are all there, and changes nothing.
         apply_with(&["-c"], &install_doc(&[], true, &[]))
             .map_err(|e| unavailable(format!("the kernel refused a dry run of our ruleset: {e}")))?;
-        Ok(NftGate { _private: () })
+        Ok(NftGate { opened: Remembered::default() })
     }
 }
 
@@ -87,26 +99,35 @@ impl Gate for NftGate {
 
     fn install(&mut self, protected: &[Protected]) -> Result<(), GateError> {
         let ports: Vec<Step> = protected.iter().map(|p| p.port).collect();
-        let doc = match list_table()? {
-            Some(listing) if !shape_matches(&listing) => {
+        let listing = list_table()?;
+        let windows = listing.as_ref().map(parse_windows).unwrap_or_default();
+        let doc = match &listing {
+            Some(listing) if !check::shape_matches(listing) => {
                 // An earlier layout (another version, or a hand edit): replace
                 // the table in the same transaction, carrying its windows over.
                 log::warn!("nftables: replacing table {FAMILY} {TABLE} left in another layout");
-                // An element that never expires is no window of ours: it goes.
-                let mut carried = parse_windows(&listing);
-                carried.retain(|w| w.remaining != Duration::MAX);
-                install_doc(&ports, true, &carried)
+                install_doc(&ports, true, &finite(windows.clone()))
             }
+            // Same layout: the chain's rules (an older drop rule among them)
+            // and the protected set are rewritten in place.
             _ => install_doc(&ports, false, &[]),
         };
-        apply(&doc)
+        apply(&doc)?;
+        let now = Instant::now();
+        self.opened.adopt(&windows, now);
+        self.opened.prune(&ports, now);
+        Ok(())
     }
 
     fn open(&mut self, door: &str, src: IpAddr, ports: &[Step], duration: Duration) -> Result<(), GateError> {
-        match open_doc(door, src, ports, duration) {
-            Some(doc) => apply(&doc),
-            None => Ok(()),
+        // Read before the kernel starts its timer, so ours ends first.
+        let start = Instant::now();
+        let Some(doc) = open_doc(door, src, ports, duration) else { return Ok(()) };
+        apply(&doc)?;
+        if let Some(end) = start.checked_add(duration) {
+            self.opened.open(door, src, ports, end);
         }
+        Ok(())
     }
 
     fn windows(&self) -> Result<Vec<Window>, GateError> {
@@ -114,6 +135,7 @@ impl Gate for NftGate {
     }
 
     fn close_windows(&mut self) -> Result<(), GateError> {
+        self.opened.clear();
         if list_table()?.is_none() {
             return Ok(());
         }
@@ -121,8 +143,46 @@ impl Gate for NftGate {
     }
 
     fn flush(&mut self) -> Result<(), GateError> {
+        self.opened.clear();
         apply(&flush_doc())
     }
+
+    fn repair(&mut self, protected: &[Protected]) -> Result<Vec<String>, GateError> {
+        let ports: BTreeSet<Step> = protected.iter().map(|p| p.port).collect();
+        let ports: Vec<Step> = ports.into_iter().collect();
+        let now = Instant::now();
+        self.opened.prune(&ports, now);
+        let listing = list_table()?;
+        let found = check::inspect(listing.as_ref(), &ports.iter().copied().collect());
+        let present = listing.as_ref().map(known_windows).unwrap_or_default();
+        let lost = self.opened.missing_from(&present, now);
+        if found.lines.is_empty() && lost.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut what = found.lines;
+        if !lost.is_empty() {
+            what.push(format!("{} open window(s) gone from the allow sets", lost.len()));
+        }
+        let done = if found.replace {
+            let carried: Vec<Window> = finite(present).into_iter().chain(lost.iter().cloned()).collect();
+            apply(&install_doc(&ports, true, &carried))?;
+            format!(
+                "replaced the table, keeping {} window(s), {} of them restored",
+                carried.len(),
+                lost.len()
+            )
+        } else {
+            apply(&install_doc(&ports, false, &lost))?;
+            format!("put the gate back, restoring {} window(s)", lost.len())
+        };
+        Ok(vec![format!("{}; {done}", what.join(", "))])
+    }
+}
+
+/// An element that never expires is no window of ours: a replace drops it.
+fn finite(mut windows: Vec<Window>) -> Vec<Window> {
+    windows.retain(|w| w.remaining != Duration::MAX);
+    windows
 }
 
 // ---- JSON documents -------------------------------------------------------
@@ -184,7 +244,9 @@ fn rules() -> [Value; 3] {
         let key = vec![payload(ip, "saddr"), l4proto(), payload("th", "dport")];
         rule(json!([in_set(key, set), { "accept": null }]))
     };
-    let new = json!({ "match": { "op": "in", "left": { "ct": { "key": "state" } }, "right": "new" } });
+    // In the order nft lists them, so a listing compares equal.
+    let states = json!(["invalid", "new", "untracked"]);
+    let new = json!({ "match": { "op": "in", "left": { "ct": { "key": "state" } }, "right": states } });
     let protected = in_set(vec![l4proto(), payload("th", "dport")], PROTECTED);
     [allow("ip", ALLOW4), allow("ip6", ALLOW6), rule(json!([protected, new, { "drop": null }]))]
 }
@@ -297,37 +359,20 @@ fn entries(listing: &Value) -> impl Iterator<Item = (&String, &Value)> {
     listing["nftables"].as_array().into_iter().flatten().filter_map(|e| e.as_object()).flat_map(|o| o.iter())
 }
 
-/// Whether the listed table holds exactly our sets and chain (rules and
-/// elements aside, which install rewrites anyway). Anything else there is
-/// not ours to merge into, so install replaces the table.
-fn shape_matches(listing: &Value) -> bool {
-    let strip = |kind: &str, v: &Value| {
-        let mut v = v.clone();
-        if let Some(o) = v.as_object_mut() {
-            o.remove("handle");
-            o.remove("elem");
-        }
-        json!({ kind: v }).to_string()
-    };
-    let mut found: Vec<String> = entries(listing)
-        .filter(|(k, _)| !matches!(k.as_str(), "metainfo" | "table" | "rule"))
-        .map(|(k, v)| strip(k, v))
-        .collect();
-    let mut want: Vec<String> = sets().iter().map(|s| strip("set", s)).collect();
-    want.push(strip("chain", &chain()));
-    found.sort();
-    want.sort();
-    found == want
-}
-
-/// The windows in a `nft -j list table` (or `list set`) document.
-fn parse_windows(listing: &Value) -> Vec<Window> {
+/// The elements of our allow sets in a `nft -j list table` (or `list set`)
+/// document.
+fn allow_elements(listing: &Value) -> impl Iterator<Item = &Value> {
     entries(listing)
         .filter(|(k, _)| k.as_str() == "set")
         .map(|(_, s)| s)
         .filter(|s| s["family"] == FAMILY && s["table"] == TABLE)
         .filter(|s| s["name"] == ALLOW4 || s["name"] == ALLOW6)
         .flat_map(|s| s["elem"].as_array().into_iter().flatten())
+}
+
+/// The windows in a listing, saying which elements are not ours.
+fn parse_windows(listing: &Value) -> Vec<Window> {
+    allow_elements(listing)
         .filter_map(|e| {
             let w = parse_elem(e);
             if w.is_none() {
@@ -336,6 +381,11 @@ fn parse_windows(listing: &Value) -> Vec<Window> {
             w
         })
         .collect()
+}
+
+/// The windows in a listing, quietly: a repair looks twice a second.
+fn known_windows(listing: &Value) -> Vec<Window> {
+    allow_elements(listing).filter_map(parse_elem).collect()
 }
 
 /// `{"elem": {"val": {"concat": [addr, proto, port]}, "expires": s,
@@ -350,24 +400,31 @@ fn parse_elem(e: &Value) -> Option<Window> {
     let [addr, proto, port] = val["concat"].as_array()?.as_slice() else {
         return None;
     };
-    let proto = match proto {
-        Value::String(s) if s == "tcp" => Proto::Tcp,
-        Value::String(s) if s == "udp" => Proto::Udp,
-        Value::Number(n) if n.as_u64() == Some(6) => Proto::Tcp,
-        Value::Number(n) if n.as_u64() == Some(17) => Proto::Udp,
-        _ => return None,
-    };
-    let port = match port {
-        Value::Number(n) => u16::try_from(n.as_u64()?).ok()?,
-        Value::String(s) => s.parse().ok()?,
-        _ => return None,
-    };
     Some(Window {
         door: meta["comment"].as_str().unwrap_or_default().to_string(),
         src: addr.as_str()?.parse().ok()?,
-        port: Step { port, proto },
+        port: Step { port: parse_port(port)?, proto: parse_proto(proto)? },
         remaining: meta["expires"].as_u64().map_or(Duration::MAX, Duration::from_secs),
     })
+}
+
+/// `"tcp"` or `6`, `"udp"` or `17`, as nft may print a protocol.
+fn parse_proto(v: &Value) -> Option<Proto> {
+    match v {
+        Value::String(s) if s == "tcp" => Some(Proto::Tcp),
+        Value::String(s) if s == "udp" => Some(Proto::Udp),
+        Value::Number(n) if n.as_u64() == Some(6) => Some(Proto::Tcp),
+        Value::Number(n) if n.as_u64() == Some(17) => Some(Proto::Udp),
+        _ => None,
+    }
+}
+
+fn parse_port(v: &Value) -> Option<u16> {
+    match v {
+        Value::Number(n) => u16::try_from(n.as_u64()?).ok(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
 }
 
 // ---- running nft ----------------------------------------------------------
@@ -474,7 +531,7 @@ mod tests {
       {"add": {"rule": {"family": "inet", "table": "xknockd", "chain": "input", "expr": [
         {"match": {"op": "==", "left": {"concat": [{"meta": {"key": "l4proto"}},
           {"payload": {"protocol": "th", "field": "dport"}}]}, "right": "@protected"}},
-        {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}},
+        {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["invalid", "new", "untracked"]}},
         {"drop": null}]}}}"#;
 
     const SETS_AND_CHAIN: &str = r#"
@@ -608,6 +665,7 @@ mod tests {
 
     #[test]
     fn shape_is_ours_only_with_exactly_our_sets_and_chain() {
+        use check::shape_matches;
         let listing = parse(LISTING);
         assert!(shape_matches(&listing));
         let mut other_prio = listing.clone();
