@@ -321,3 +321,28 @@ fn xdp_window_map_evicts_only_ended_windows() {
     assert!(next.repair(&[]).unwrap().is_empty());
     assert_eq!(entries(&dir), 1, "ended windows were not swept");
 }
+
+/// A one-time line written at runtime that knocks on the protected port is
+/// never armed: the XDP gate never gates a knock port, so arming it would
+/// open the port to everyone. The door is disabled instead, still closed.
+#[test]
+fn xdp_a_one_time_line_on_a_protected_port_disables_the_door() {
+    if !privileged("xdp_a_one_time_line_on_a_protected_port_disables_the_door") {
+        return;
+    }
+    let files = TempDir::new();
+    let otp = one_time_file(&files, ONE_TIME_LINE);
+    let door = "    one_time_sequences: {FILES}/otp\n    seq_timeout: 5\n    tcp_flags: syn\n";
+    let mut p = Policy::start("xdp", &[], door, 3, files);
+    std::fs::write(&otp, format!("{ONE_TIME_LINE}7001:tcp,{PORT}:tcp\n")).unwrap();
+
+    p.knock();
+    p.srv.daemon.wait_for(&format!("{CLIENT_V4}: ssh: OPEN SESAME"), WAIT).unwrap();
+    // The line is burnt before the window opens, so the next line is armed
+    // (or refused) by the time the knocker gets in.
+    assert!(wait_until(WAIT, || p.connects(CLIENT_V4)), "the first line did not open the window");
+    assert!(!p.connects(CLIENT2_V4), "the protected port became a knock port, open to everyone");
+    p.srv.daemon.wait_for("the next one-time sequence is refused", WAIT).unwrap();
+    assert!(wait_until(WAIT, || !p.connects(CLIENT_V4)), "the window never ended");
+    assert!(!p.connects(CLIENT2_V4), "open to everyone after the refused line");
+}
