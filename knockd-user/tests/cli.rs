@@ -30,6 +30,14 @@ impl Dir {
         std::fs::write(&path, text).unwrap();
         path
     }
+
+    /// With `mode`, as one-time sequence files must be kept (0600) or not.
+    fn write_mode(&self, name: &str, text: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.write(name, text);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
 }
 
 impl Drop for Dir {
@@ -189,7 +197,7 @@ fn check_names_file_line_and_key_for_each_error_class() {
 #[test]
 fn check_refuses_a_one_time_line_that_knocks_on_a_protected_port() {
     let dir = Dir::new();
-    let otp = dir.write("otp", " 1,2\n 3,22\n");
+    let otp = dir.write_mode("otp", " 1,2\n 3,22\n", 0o600);
     let text = "doors:\n  a:\n    one_time_sequences: otp\n  b:\n    sequence: [9]\n    open:\n      ports: [22]\n      duration: 30\n";
     let out = check(&dir.write("x.yaml", text));
     assert_eq!(out.code, Some(1), "{}", out.stderr);
@@ -202,7 +210,7 @@ fn check_refuses_a_one_time_line_that_knocks_on_a_protected_port() {
 #[test]
 fn check_accepts_a_used_up_one_time_file_with_a_warning() {
     let dir = Dir::new();
-    let otp = dir.write("otp", "#1,2\n");
+    let otp = dir.write_mode("otp", "#1,2\n", 0o600);
     let text =
         "doors:\n  once:\n    one_time_sequences: otp\n    open:\n      ports: [22]\n      duration: 30\n";
     let out = check(&dir.write("x.yaml", text));
@@ -212,6 +220,42 @@ fn check_accepts_a_used_up_one_time_file_with_a_warning() {
         otp.display()
     );
     assert!(out.stderr.contains(&warning), "{}", out.stderr);
+}
+
+/// Issue 8, item 8: one-time files other users can write are refused, ones they
+/// can read are warned about, and a symlink is never followed.
+#[test]
+fn check_guards_one_time_files_against_other_users() {
+    let dir = Dir::new();
+    let config = dir.write("x.yaml", "doors:\n  a:\n    one_time_sequences: otp\n");
+    let otp = dir.write_mode("otp", " 1,2\n", 0o600);
+    let out = check(&config);
+    assert_eq!((out.code, out.stderr.as_str()), (Some(0), ""));
+
+    dir.write_mode("otp", " 1,2\n", 0o644);
+    let out = check(&config);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "one-time sequences file {}: other users can read it (mode 0644)",
+            otp.display()
+        )),
+        "{}",
+        out.stderr
+    );
+
+    dir.write_mode("otp", " 1,2\n", 0o666);
+    let out = check(&config);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let want = format!("{}:3: key `one_time_sequences`: cannot read one-time sequences file {}: refused: other users can write it (mode 0666)", config.display(), otp.display());
+    assert!(out.stderr.starts_with(&want), "got {:?}\nwant {want:?}", out.stderr);
+
+    let real = dir.write_mode("real", " 1,2\n", 0o600);
+    std::fs::remove_file(&otp).unwrap();
+    std::os::unix::fs::symlink(&real, &otp).unwrap();
+    let out = check(&config);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("refused: is a symbolic link"), "{}", out.stderr);
 }
 
 /// Issue 8, item 8: a second daemon fails on the locked pid file and leaves it as
@@ -278,7 +322,7 @@ const FULL_CONF: &str = "\
 #[test]
 fn convert_prints_yaml_that_check_accepts_and_that_has_the_same_doors() {
     let dir = Dir::new();
-    dir.write("seqs.txt", "#1,2,3\n 4000,5000:udp\n 6000\n");
+    dir.write_mode("seqs.txt", "#1,2,3\n 4000,5000:udp\n 6000\n", 0o600);
     let full = dir.write("full.conf", FULL_CONF);
     for (i, conf) in [full, workspace_file("configs/knockd.conf")].iter().enumerate() {
         let out = xknockd(&["--convert", "-c", conf.to_str().unwrap()]);

@@ -65,7 +65,8 @@ fn read_live_lines(cfg: &Config, door: &Door) -> Result<Vec<LiveLine>, ConfigErr
     let Some(path) = door.one_time_sequences.as_deref() else {
         return Ok(Vec::new());
     };
-    let file = OneTimeFile::open(path).map_err(|e| {
+    // Quiet: the daemon already warned when it opened the file.
+    let file = OneTimeFile::read(path).map_err(|e| {
         let message = format!("cannot read one-time sequences file {}: {e}", path.display());
         ConfigError::new(&cfg.path, None, message).with_key("one_time_sequences")
     })?;

@@ -7,6 +7,7 @@ mod disjoint;
 mod draft;
 mod emit;
 mod error;
+mod file_safety;
 mod knockd_conf;
 pub mod model;
 pub mod one_time;

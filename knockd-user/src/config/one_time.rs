@@ -8,13 +8,15 @@
 //! acted on) or retired (it may have been) and a used sequence is never accepted twice.
 
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::File,
     io::{self, Read},
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
 };
 
-use super::{draft::Draft, error::ConfigError, model::Step, values::parse_sequence};
+use super::{
+    draft::Draft, error::ConfigError, file_safety::open_private, model::Step, values::parse_sequence,
+};
 
 /// One sequences file and its current active line.
 #[derive(Clone, Debug)]
@@ -23,6 +25,7 @@ pub struct OneTimeFile {
     active: Option<ActiveLine>,
     live: Vec<LiveLine>,
     invalid: Vec<InvalidLine>,
+    warning: Option<String>,
 }
 
 /// A live line that parses: a sequence that may still become active.
@@ -49,12 +52,35 @@ pub struct InvalidLine {
 }
 
 impl OneTimeFile {
+    /// Reads the file, refusing a symlink or a file other users can write (see
+    /// [`file_safety`](super::file_safety)); logs a warning if other users can read it.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let bytes = fs::read(path)?;
-        let mut file =
-            OneTimeFile { path: path.to_path_buf(), active: None, live: Vec::new(), invalid: Vec::new() };
+        let file = Self::read(path)?;
+        if let Some(warning) = &file.warning {
+            log::warn!("one-time sequences file {}: {warning}", path.display());
+        }
+        Ok(file)
+    }
+
+    /// As [`Self::open`], without logging the warning.
+    pub(crate) fn read(path: &Path) -> io::Result<Self> {
+        let (mut handle, warning) = open_private(path, false)?;
+        let mut bytes = Vec::new();
+        handle.read_to_end(&mut bytes)?;
+        let mut file = OneTimeFile {
+            path: path.to_path_buf(),
+            active: None,
+            live: Vec::new(),
+            invalid: Vec::new(),
+            warning,
+        };
         file.rescan(&bytes);
         Ok(file)
+    }
+
+    /// Why the file is readable by others, if it is.
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
     }
 
     pub fn path(&self) -> &Path {
@@ -87,7 +113,7 @@ impl OneTimeFile {
         let Some(active) = self.active.clone() else {
             return Ok(None);
         };
-        let file = OpenOptions::new().read(true).write(true).open(&self.path)?;
+        let (file, _) = open_private(&self.path, true)?;
         let mut bytes = Vec::new();
         (&file).read_to_end(&mut bytes)?;
         if let Some(offset) = locate(&bytes, &active) {

@@ -144,3 +144,67 @@ fn one_time_door_clashing_with_another_is_reported_at_its_file_key() {
     let err = parse(&text, "knockd.conf").unwrap_err();
     assert_eq!((err.line, err.key.as_deref()), (Some(4), Some("One_Time_Sequences")), "{err}");
 }
+
+fn with_mode(path: &std::path::Path, mode: u32) {
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
+/// Issue 8, item 8: whoever can write the file can add sequences or revive used ones.
+#[test]
+fn files_other_users_can_write_are_refused_and_readable_ones_warned_about() {
+    let dir = TempDir::new();
+    let path = dir.write("otp", " 1,2\n");
+    with_mode(&path, 0o600);
+    assert_eq!(OneTimeFile::open(&path).unwrap().warning(), None);
+    with_mode(&path, 0o644);
+    let file = OneTimeFile::open(&path).unwrap();
+    assert!(
+        file.warning().unwrap().starts_with("other users can read it (mode 0644)"),
+        "{:?}",
+        file.warning()
+    );
+    for mode in [0o666, 0o620, 0o602] {
+        with_mode(&path, mode);
+        let err = OneTimeFile::open(&path).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().starts_with("refused: other users can write it"), "{err}");
+    }
+}
+
+#[test]
+fn a_symlink_is_refused_at_load_and_at_every_burn() {
+    let dir = TempDir::new();
+    let real = dir.write("real", " 1,2\n 3,4\n");
+    with_mode(&real, 0o600);
+    let link = dir.path().join("otp");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let err = OneTimeFile::open(&link).unwrap_err();
+    assert_eq!(err.to_string(), "refused: is a symbolic link; name the file itself");
+
+    // Swapped in after the file was read: the burn writes nothing through it.
+    let path = dir.write("swapped", " 1,2\n");
+    with_mode(&path, 0o600);
+    let mut file = OneTimeFile::open(&path).unwrap();
+    fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&real, &path).unwrap();
+    assert!(file.consume_active().is_err());
+    assert_eq!(fs::read_to_string(&real).unwrap(), " 1,2\n 3,4\n");
+}
+
+#[test]
+fn a_file_owned_by_another_user_is_refused() {
+    let dir = TempDir::new();
+    let path = dir.write("otp", " 1,2\n");
+    with_mode(&path, 0o600);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        // Only root can give a file away (the rule itself is unit-tested in file_safety).
+        return;
+    }
+    std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+    let err = OneTimeFile::open(&path).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "refused: it is owned by uid 65534, neither root nor the daemon's user (uid 0)"
+    );
+}
