@@ -75,13 +75,21 @@ impl Gates {
     /// protects there. On an error in the first phase nothing was released;
     /// the caller re-syncs to the config it keeps.
     pub fn sync(&mut self, cfg: &Config, knocker: &mut XdpKnocker) -> Result<()> {
+        self.sync_with(cfg, |backend| build(backend, &cfg.options.bpffs_dir, Some(&mut *knocker)))
+    }
+
+    /// [`Gates::sync`], building missing backends with `build`.
+    fn sync_with(
+        &mut self,
+        cfg: &Config,
+        mut build: impl FnMut(Backend) -> Result<Box<dyn Gate>, GateError>,
+    ) -> Result<()> {
         let wanted = protected_by_backend(cfg);
         for (backend, protected) in &wanted {
             let installed = match self.gates.entry(key(*backend)) {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(e) => {
-                    let gate = build(*backend, &cfg.options.bpffs_dir, Some(&mut *knocker))
-                        .with_context(|| format!("{backend:?} gate"))?;
+                    let gate = build(*backend).with_context(|| format!("{backend:?} gate"))?;
                     e.insert(Installed { gate, protected: Vec::new() })
                 }
             };
@@ -153,5 +161,193 @@ impl Gates {
                 log::error!("closing {:?} windows: {e}", gate.backend());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, collections::BTreeMap, path::PathBuf, rc::Rc, time::Duration};
+
+    use super::*;
+    use crate::{
+        config::model::{Format, OpenAction, Options, Proto, Step, TcpFlags},
+        gate::Window,
+    };
+
+    /// What every fake backend holds closed, shared so a check after each
+    /// call sees the whole "kernel".
+    type Kernel = Rc<RefCell<BTreeMap<BackendKey, BTreeSet<Step>>>>;
+
+    /// A backend that records its closed set in `kernel` and, after every
+    /// change, checks that each port in `must_hold` is closed somewhere.
+    struct Fake {
+        backend: Backend,
+        kernel: Kernel,
+        must_hold: Rc<Vec<Step>>,
+        fail_install: bool,
+    }
+
+    impl Fake {
+        fn set(&self, ports: BTreeSet<Step>) {
+            self.kernel.borrow_mut().insert(key(self.backend), ports);
+            let k = self.kernel.borrow();
+            for p in self.must_hold.iter() {
+                assert!(k.values().any(|s| s.contains(p)), "{p} open for a moment: {k:?}");
+            }
+        }
+    }
+
+    impl Gate for Fake {
+        fn backend(&self) -> Backend {
+            self.backend
+        }
+        fn install(&mut self, protected: &[Protected]) -> Result<(), GateError> {
+            if self.fail_install {
+                return Err(GateError::Other("cannot".into()));
+            }
+            self.set(protected.iter().map(|p| p.port).collect());
+            Ok(())
+        }
+        fn open(&mut self, _: &str, _: IpAddr, _: &[Step], _: Duration) -> Result<(), GateError> {
+            Ok(())
+        }
+        fn windows(&self) -> Result<Vec<Window>, GateError> {
+            Ok(Vec::new())
+        }
+        fn close_windows(&mut self) -> Result<(), GateError> {
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), GateError> {
+            self.set(BTreeSet::new());
+            self.kernel.borrow_mut().remove(&key(self.backend));
+            Ok(())
+        }
+    }
+
+    fn tcp(port: u16) -> Step {
+        Step { port, proto: Proto::Tcp }
+    }
+
+    /// One door per `(ports, backend)`.
+    fn cfg(doors: &[(&[u16], Backend)]) -> Config {
+        let door = |i: usize, (ports, backend): &(&[u16], Backend)| Door {
+            name: format!("d{i}"),
+            sequence: vec![tcp(7000 + i as u16)],
+            one_time_sequences: None,
+            seq_timeout: Duration::from_secs(5),
+            tcp_flags: TcpFlags::default(),
+            target: None,
+            start_command: None,
+            start_command_6: None,
+            cmd_timeout: Duration::from_secs(10),
+            stop_command: None,
+            stop_command_6: None,
+            open: Some(OpenAction {
+                ports: ports.iter().map(|&p| tcp(p)).collect(),
+                duration: Duration::from_secs(5),
+                backend: Some(*backend),
+            }),
+            stealth: None,
+        };
+        Config {
+            path: PathBuf::from("t.yaml"),
+            format: Format::Yaml,
+            options: Options {
+                interfaces: vec![],
+                log_file: None,
+                use_syslog: false,
+                pid_file: None,
+                max_sources: 10,
+                default_backend: Backend::Nftables,
+                stealth: false,
+                bpffs_dir: PathBuf::from("/nonexistent"),
+                open_rate: 10,
+                open_burst: 20,
+            },
+            doors: doors.iter().enumerate().map(|(i, d)| door(i, d)).collect(),
+        }
+    }
+
+    /// Syncs `gates` to `to`, checking that every port in `must_hold` stays
+    /// closed throughout; `broken` backends cannot be built.
+    fn sync(
+        gates: &mut Gates,
+        kernel: &Kernel,
+        to: &Config,
+        must_hold: &[u16],
+        broken: &[Backend],
+    ) -> Result<()> {
+        let must_hold = Rc::new(must_hold.iter().map(|&p| tcp(p)).collect());
+        gates.sync_with(to, |backend| {
+            if broken.contains(&backend) {
+                return Err(GateError::Unavailable { backend, why: "broken".into() });
+            }
+            let fake = Fake {
+                backend,
+                kernel: kernel.clone(),
+                must_hold: Rc::clone(&must_hold),
+                fail_install: false,
+            };
+            Ok(Box::new(fake))
+        })
+    }
+
+    fn closed(kernel: &Kernel) -> BTreeMap<BackendKey, Vec<u16>> {
+        kernel.borrow().iter().map(|(k, s)| (*k, s.iter().map(|p| p.port).collect())).collect()
+    }
+
+    const NFT: Backend = Backend::Nftables;
+    const IPT: Backend = Backend::Iptables;
+    const XDP: Backend = Backend::Xdp;
+
+    #[test]
+    fn a_port_moving_between_backends_is_never_open() {
+        for (from, to) in [(NFT, IPT), (IPT, NFT), (NFT, XDP), (XDP, NFT), (IPT, XDP), (XDP, IPT)] {
+            let kernel = Kernel::default();
+            let mut gates = Gates::default();
+            // Both backends stay in use, in both orders, and one empties out.
+            sync(&mut gates, &kernel, &cfg(&[(&[22, 80], from), (&[443], to)]), &[], &[]).unwrap();
+            sync(&mut gates, &kernel, &cfg(&[(&[80], from), (&[22, 443], to)]), &[22, 80, 443], &[]).unwrap();
+            assert_eq!(closed(&kernel), [(key(from), vec![80]), (key(to), vec![22, 443])].into());
+            sync(&mut gates, &kernel, &cfg(&[(&[22, 80, 443], to)]), &[22, 80, 443], &[]).unwrap();
+            assert_eq!(closed(&kernel), [(key(to), vec![22, 80, 443])].into(), "{from:?} -> {to:?}");
+        }
+    }
+
+    #[test]
+    fn a_port_the_config_stops_protecting_is_released() {
+        let kernel = Kernel::default();
+        let mut gates = Gates::default();
+        sync(&mut gates, &kernel, &cfg(&[(&[22, 80], NFT)]), &[], &[]).unwrap();
+        sync(&mut gates, &kernel, &cfg(&[(&[22], NFT)]), &[22], &[]).unwrap();
+        assert_eq!(closed(&kernel), [(key(NFT), vec![22])].into());
+    }
+
+    /// A backend that cannot be built fails the sync before anything is
+    /// released; re-syncing to the kept config restores it exactly.
+    #[test]
+    fn a_failed_sync_keeps_the_old_protection() {
+        let kernel = Kernel::default();
+        let mut gates = Gates::default();
+        let old = cfg(&[(&[22], NFT), (&[80], IPT)]);
+        sync(&mut gates, &kernel, &old, &[], &[]).unwrap();
+        let new = cfg(&[(&[22, 80, 8080], NFT), (&[443], XDP)]);
+        assert!(sync(&mut gates, &kernel, &new, &[22, 80], &[XDP]).is_err());
+        sync(&mut gates, &kernel, &old, &[22, 80], &[]).unwrap();
+        assert_eq!(closed(&kernel), [(key(NFT), vec![22]), (key(IPT), vec![80])].into());
+    }
+
+    #[test]
+    fn a_failed_install_releases_nothing() {
+        let kernel = Kernel::default();
+        let mut gates = Gates::default();
+        sync(&mut gates, &kernel, &cfg(&[(&[22], NFT), (&[80], IPT)]), &[], &[]).unwrap();
+        if let Some(installed) = gates.gates.get_mut(&key(IPT)) {
+            let fake =
+                Fake { backend: IPT, kernel: kernel.clone(), must_hold: Rc::default(), fail_install: true };
+            installed.gate = Box::new(fake);
+        }
+        assert!(sync(&mut gates, &kernel, &cfg(&[(&[22, 80], NFT), (&[443], IPT)]), &[22, 80], &[]).is_err());
+        assert_eq!(closed(&kernel)[&key(IPT)], vec![80]);
     }
 }
