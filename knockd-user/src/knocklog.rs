@@ -364,11 +364,51 @@ mod tests {
         assert!(!is_hostname(""));
     }
 
+    /// The sockaddr getnameinfo gets: family, address in network order and
+    /// the family's own length. A byte-order or length slip here makes every
+    /// lookup ask about another address, or fail.
     #[test]
-    fn reverse_lookup_does_not_crash() {
-        // The result depends on the machine's resolver; only the call itself is checked.
-        let _ = reverse_lookup(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        let _ = reverse_lookup(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    fn sockaddr_holds_the_address_in_network_order() {
+        // SAFETY: zeroed storage, read back as the family fill_sockaddr wrote.
+        unsafe {
+            let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+            let len = fill_sockaddr(&mut ss, V4);
+            let sin = &*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+            assert_eq!(len as usize, std::mem::size_of::<libc::sockaddr_in>());
+            assert_eq!(i32::from(sin.sin_family), libc::AF_INET);
+            assert_eq!(sin.sin_addr.s_addr.to_ne_bytes(), [1, 2, 3, 4]);
+            assert_eq!(sin.sin_port, 0);
+
+            let v6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+            let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+            let len = fill_sockaddr(&mut ss, IpAddr::V6(v6));
+            let sin6 = &*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+            assert_eq!(len as usize, std::mem::size_of::<libc::sockaddr_in6>());
+            assert_eq!(i32::from(sin6.sin6_family), libc::AF_INET6);
+            assert_eq!(sin6.sin6_addr.s6_addr, v6.octets());
+        }
+    }
+
+    /// What `getent hosts` (the same NSS, through another program) says the
+    /// loopback addresses are called, if it has a name we would log.
+    fn getent_name(ip: IpAddr) -> Option<String> {
+        let out = std::process::Command::new("getent").args(["hosts", &ip.to_string()]).output().ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        let name = text.split_whitespace().nth(1)?.to_owned();
+        is_hostname(&name).then_some(name)
+    }
+
+    #[test]
+    fn reverse_lookup_agrees_with_getent() {
+        let mut named = 0;
+        for ip in [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)] {
+            let expected = getent_name(ip);
+            named += usize::from(expected.is_some());
+            assert_eq!(reverse_lookup(ip), expected, "reverse lookup of {ip}");
+        }
+        // Every Linux /etc/hosts names 127.0.0.1; without a name the
+        // comparison above would only have checked two Nones.
+        assert!(named > 0, "getent names neither loopback address; is getent missing?");
     }
 
     #[test]

@@ -8,12 +8,12 @@ use std::{
     io::ErrorKind,
     net::{IpAddr, SocketAddr, TcpStream},
     path::PathBuf,
-    process::ExitStatus,
+    process::{Command, ExitStatus},
     time::{Duration, Instant},
 };
 
 use crate::{
-    daemon::{bin, Captured, Server},
+    daemon::{bin, Captured, Server, TempDir},
     netns::{
         connect_from, BpffsMount, EchoServer, NetPair, CLIENT2_V4, CLIENT2_V6, CLIENT_V4, CLIENT_V6,
         SERVER_V4, SERVER_V6,
@@ -107,7 +107,7 @@ pub struct Rig {
     pub srv: Server,
     /// The connect timeout of every probe.
     pub connect: Duration,
-    _echo: EchoServer,
+    echo: Option<EchoServer>,
     // Dropped last: the daemon must die before its pins go.
     bpffs: Option<BpffsMount>,
 }
@@ -125,12 +125,19 @@ impl Rig {
             .then(|| Self::start_with(Some(BpffsMount::new().unwrap()), backend, duration, options))
     }
 
+    /// Like [`Rig::start_pinned`], but stops short of starting xknockd, so
+    /// a test can see the port before any gate exists.
+    pub fn prepare_pinned(test: &str, backend: &str, duration: u64, options: &[&str]) -> Option<Unstarted> {
+        privileged(test).then(|| Unstarted::new(Some(BpffsMount::new().unwrap()), backend, duration, options))
+    }
+
+    /// Like [`Rig::start`], but stops short of starting xknockd.
+    pub fn prepare(test: &str, backend: &str, duration: u64, options: &[&str]) -> Option<Unstarted> {
+        privileged(test).then(|| Unstarted::new(None, backend, duration, options))
+    }
+
     fn start_with(bpffs: Option<BpffsMount>, backend: &str, duration: u64, options: &[&str]) -> Self {
-        let pins = bpffs.as_ref().map(|b| format!("bpffs_dir: {}", pins_in(b).display()));
-        let options: Vec<&str> = pins.iter().map(String::as_str).chain(options.iter().copied()).collect();
-        let srv = Server::start(FILE, &config(backend, duration, &options), &[]).unwrap();
-        let echo = EchoServer::start(&srv.pair.server, &format!("[::]:{PORT}")).unwrap();
-        Self { srv, connect: CONNECT, _echo: echo, bpffs }
+        Unstarted::new(bpffs, backend, duration, options).start()
     }
 
     /// Probes connect with `timeout` instead of [`CONNECT`].
@@ -156,21 +163,43 @@ impl Rig {
         connect_from(&self.srv.pair.client, src, dst, self.connect).unwrap()
     }
 
-    /// Whether [`Rig::stream_from`] gets in.
+    /// Whether [`Rig::stream_from`] gets in. Every gate drops silently, so
+    /// "not in" must be a connect timeout while the echo server still
+    /// listens; a refusal (RST), a failed bind or a dead listener fails the
+    /// test instead of passing for a closed gate.
     pub fn connects(&self, src: Option<&str>, dst: &str) -> bool {
-        self.stream_from(src, dst).is_ok()
-    }
-
-    /// Whether [`Rig::stream_from`] gets in, where a refusal must be a
-    /// timeout (the SYN dropped), not some other failure.
-    pub fn connects_or_times_out(&self, src: Option<&str>, dst: &str) -> bool {
         match self.stream_from(src, dst) {
             Ok(_) => true,
-            Err(e) => {
-                assert_eq!(e.kind(), ErrorKind::TimedOut, "connect from {src:?}: {e}");
+            Err(e) if e.kind() == ErrorKind::TimedOut => {
+                self.assert_listening();
                 false
             }
+            Err(e) => panic!(
+                "connect from {src:?} to {dst} port {PORT}: {e} ({:?}); a gate drops silently, \
+                 so this is not a closed gate",
+                e.kind()
+            ),
         }
+    }
+
+    /// The same as [`Rig::connects`], which has become as strict.
+    pub fn connects_or_times_out(&self, src: Option<&str>, dst: &str) -> bool {
+        self.connects(src, dst)
+    }
+
+    /// Stops the echo server, so the probes' own checks can be seen to fail.
+    pub fn stop_listener(&mut self) {
+        self.echo = None;
+        let pair = self.pair();
+        assert!(wait_until(WAIT, || !pair.listening(&pair.server, PORT).unwrap()));
+    }
+
+    /// Insists the echo server still listens on [`PORT`], so a timeout
+    /// means a dropped SYN and not a listener gone away.
+    pub fn assert_listening(&self) {
+        let pair = self.pair();
+        let up = pair.listening(&pair.server, PORT).unwrap();
+        assert!(up, "nothing listens on port {PORT} in the server namespace: the probe proves nothing");
     }
 
     /// Whether connects from `src` to `dst` fail within `bound`.
@@ -222,13 +251,7 @@ impl Rig {
     /// Starts another `xknockd -v` in the same namespaces on the same
     /// config, with its pid file at `pid_file` in the temp dir.
     pub fn spawn_daemon(&self, pid_file: &str) -> Captured {
-        let mut cmd = self.srv.pair.server_cmd(bin("xknockd").to_str().unwrap());
-        cmd.arg("-v")
-            .arg("-c")
-            .arg(self.srv.config_path(FILE))
-            .args(["-i", &self.srv.pair.server_if, "-p"])
-            .arg(self.srv.dir.path(pid_file));
-        Captured::spawn(cmd).unwrap()
+        Captured::spawn(xknockd(&self.srv.pair, &self.srv.dir, pid_file)).unwrap()
     }
 
     /// Replaces the (stopped) daemon by a new one and waits, up to
@@ -246,6 +269,48 @@ impl Rig {
         assert!(out.status.success(), "xknockd {flag}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }
+}
+
+/// A rig whose xknockd has not started: the namespaces, the config file
+/// and the echo server are in place, and no gate exists yet.
+pub struct Unstarted {
+    echo: EchoServer,
+    dir: TempDir,
+    pair: NetPair,
+    bpffs: Option<BpffsMount>,
+}
+
+impl Unstarted {
+    fn new(bpffs: Option<BpffsMount>, backend: &str, duration: u64, options: &[&str]) -> Self {
+        let pins = bpffs.as_ref().map(|b| format!("bpffs_dir: {}", pins_in(b).display()));
+        let options: Vec<&str> = pins.iter().map(String::as_str).chain(options.iter().copied()).collect();
+        let pair = NetPair::new().unwrap();
+        let dir = TempDir::new();
+        let yaml = config(backend, duration, &options).replace("{DIR}", dir.0.to_str().unwrap());
+        std::fs::write(dir.path(FILE), yaml).unwrap();
+        let echo = EchoServer::start(&pair.server, &format!("[::]:{PORT}")).unwrap();
+        Self { echo, dir, pair, bpffs }
+    }
+
+    pub fn pair(&self) -> &NetPair {
+        &self.pair
+    }
+
+    /// Starts xknockd and waits until it listens.
+    pub fn start(self) -> Rig {
+        let mut daemon = Captured::spawn(xknockd(&self.pair, &self.dir, "pid")).unwrap();
+        daemon.wait_for("starting up, listening on", Duration::from_secs(20)).unwrap();
+        let srv = Server { daemon, dir: self.dir, pair: self.pair };
+        Rig { srv, connect: CONNECT, echo: Some(self.echo), bpffs: self.bpffs }
+    }
+}
+
+/// `xknockd -v` on the rig's config in the server namespace, with its pid
+/// file at `pid_file` in `dir`.
+fn xknockd(pair: &NetPair, dir: &TempDir, pid_file: &str) -> Command {
+    let mut cmd = pair.server_cmd(bin("xknockd").to_str().unwrap());
+    cmd.arg("-v").arg("-c").arg(dir.path(FILE)).args(["-i", &pair.server_if, "-p"]).arg(dir.path(pid_file));
+    cmd
 }
 
 fn pins_in(bpffs: &BpffsMount) -> PathBuf {

@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod frames;
 pub mod gate;
 pub mod netns;
+pub mod rawsock;
 
 /// Whether privileged tests may run. Without root they skip, loudly; but
 /// `cargo xtask test` sets XKNOCK_REQUIRE_PRIV=1 as root, and then a missing

@@ -102,6 +102,27 @@ impl NetPair {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// The MAC address of `ifname` in namespace `ns`, as `ip -j link` reports it.
+    pub fn mac(&self, ns: &str, ifname: &str) -> Result<[u8; 6]> {
+        let out = self.in_ns(ns, &["ip", "-j", "link", "show", "dev", ifname])?;
+        let json = String::from_utf8_lossy(&out.stdout);
+        let text = json
+            .split("\"address\":\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .with_context(|| format!("no address for {ifname} in {json}"))?;
+        let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>()?;
+        bytes.try_into().map_err(|b| anyhow::anyhow!("not a MAC: {b:?}"))
+    }
+
+    /// Whether a TCP socket listens on `port` in namespace `ns`: what tells a
+    /// gate's silent drop apart from a listener that died.
+    pub fn listening(&self, ns: &str, port: u16) -> Result<bool> {
+        let filter = format!("sport = :{port}");
+        let out = self.in_ns(ns, &["ss", "-Hltn", &filter])?;
+        Ok(!String::from_utf8_lossy(&out.stdout).trim().is_empty())
+    }
+
     /// Runs a command in `ns` and fails on a non-zero exit.
     pub fn in_ns(&self, ns: &str, argv: &[&str]) -> Result<Output> {
         let mut full = vec!["ip", "netns", "exec", ns];

@@ -92,3 +92,32 @@ fn stealth_knock_ports_do_not_answer() {
         rig.srv.daemon.wait_for("ssh: Stage 1", WAIT).unwrap();
     }
 }
+
+/// The panic a probe from `src` ends in; a verdict instead fails the test.
+fn probe_panic(rig: &Rig, src: Option<&str>) -> String {
+    let probe = std::panic::AssertUnwindSafe(|| rig.connects(src, SERVER_V4));
+    let verdict = std::panic::catch_unwind(probe);
+    let payload = verdict.expect_err("the probe gave a verdict");
+    payload.downcast_ref::<String>().cloned().unwrap_or_default()
+}
+
+/// The probes cannot mistake a refusal for a closed gate: once the
+/// listener is gone, the knocker's connect gets an RST and the probe fails.
+#[test]
+fn a_refusal_is_not_taken_for_a_closed_gate() {
+    let Some(mut rig) = start("xdp_probe_refusal", 30, false) else { return };
+    rig.knock(SERVER_V4);
+    assert!(rig.connects(None, SERVER_V4), "open after the knock");
+    rig.stop_listener();
+    let said = probe_panic(&rig, None);
+    assert!(said.contains("not a closed gate"), "{said}");
+}
+
+/// Nor a timeout without a listener, which proves nothing.
+#[test]
+fn a_timeout_without_a_listener_is_not_taken_for_a_closed_gate() {
+    let Some(mut rig) = start("xdp_probe_no_listener", 30, false) else { return };
+    rig.stop_listener();
+    let said = probe_panic(&rig, Some(CLIENT2_V4));
+    assert!(said.contains("nothing listens"), "{said}");
+}
