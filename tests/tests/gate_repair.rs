@@ -11,11 +11,11 @@ use std::{
 
 use xknock::{
     config::model::{Proto, Step},
-    gate::{nftables::NftGate, Gate, Protected},
+    gate::{iptables::IptablesGate, nftables::NftGate, Gate, GateError, Protected},
 };
 use xknock_tests::{
     gate::{server_out, Family, Rig, PORT, WAIT},
-    netns::{connect_from, in_netns, EchoServer, NetPair, CLIENT2_V4, CLIENT_V4, SERVER_V4},
+    netns::{connect_from, in_netns, EchoServer, NetPair, CLIENT2_V4, CLIENT_V4, CLIENT_V6, SERVER_V4},
     privileged, wait_until,
 };
 
@@ -254,4 +254,62 @@ fn iptables_flushed_chain_and_destroyed_set_are_repaired_with_the_window() {
     let entry = server(&rig, &["ipset", "list", "xknockd4", "-output", "save"]);
     assert!(entry.contains("timeout"), "restored without a timeout: {entry}");
     assert_gate_holds(&rig, f, true);
+}
+
+// ---- the backends on their own ----------------------------------------------
+
+/// Drives `gate` in a fresh server namespace: install, a window per
+/// family, then `tamper` (a shell line); returns what each repair call said:
+/// before the tampering, after it, and once more. `None`: skipped.
+fn repair_rounds<G: Gate + 'static>(
+    test: &str,
+    gate: fn() -> Result<G, GateError>,
+    tamper: &'static str,
+) -> Option<Vec<Vec<String>>> {
+    if !privileged(test) {
+        return None;
+    }
+    let pair = NetPair::new().unwrap();
+    let rounds = move || -> Result<Vec<Vec<String>>, GateError> {
+        let mut g = gate()?;
+        let port = Step { port: PORT, proto: Proto::Tcp };
+        let protected = [Protected { door: "ssh".into(), port }];
+        g.install(&protected)?;
+        for src in [CLIENT_V4, CLIENT_V6] {
+            g.open("ssh", src.parse().unwrap(), &[port], Duration::from_secs(60))?;
+        }
+        let quiet = g.repair(&protected)?;
+        let status = std::process::Command::new("sh").args(["-c", tamper]).status()?;
+        assert!(status.success(), "{tamper}");
+        let fixed = g.repair(&protected)?;
+        let windows = g.windows()?;
+        assert_eq!(windows.len(), 2, "windows after the repair: {windows:?}");
+        Ok(vec![quiet, fixed, g.repair(&protected)?])
+    };
+    Some(in_netns(&pair.server, rounds).unwrap().unwrap())
+}
+
+/// An intact gate with windows in both families needs no repair; a window
+/// wiped in one family is restored, in that family only, with one line.
+fn assert_one_repair(rounds: &[Vec<String>], needle: &str) {
+    assert!(rounds[0].is_empty(), "repaired an intact gate: {:?}", rounds[0]);
+    assert_eq!(rounds[1].len(), 1, "{:?}", rounds[1]);
+    assert!(rounds[1][0].contains(needle), "{:?}", rounds[1]);
+    assert!(rounds[2].is_empty(), "repaired twice: {:?}", rounds[2]);
+}
+
+#[test]
+fn nft_backend_restores_a_flushed_allow_set_and_is_quiet_otherwise() {
+    let tamper = "nft flush set inet xknockd allow6";
+    let Some(rounds) = repair_rounds("gate_repair_nft_backend", NftGate::new, tamper) else { return };
+    assert_one_repair(&rounds, "1 open window(s) gone from the allow sets");
+}
+
+#[test]
+fn iptables_backend_restores_a_flushed_ipset_and_is_quiet_otherwise() {
+    let tamper = "ipset flush xknockd6";
+    let Some(rounds) = repair_rounds("gate_repair_iptables_backend", IptablesGate::new, tamper) else {
+        return;
+    };
+    assert_one_repair(&rounds, "ip6tables: 1 open window(s) gone from ipset xknockd6");
 }

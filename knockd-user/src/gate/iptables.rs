@@ -203,34 +203,47 @@ impl Gate for IptablesGate {
         self.opened.prune(&ports, now);
         let mut lines = Vec::new();
         for family in Family::BOTH {
-            let (mut what, mut done) = (Vec::new(), Vec::new());
-            let set = list_set(family)?;
-            if set.is_none() {
-                what.push(format!("ipset {} is gone", family.set()));
-                run(Command::new("ipset").args(create_set_args(family)))?;
-                done.push("re-created the set".to_string());
-            }
-            let seen = check::parse(&rules_text(family)?);
-            let found = check::findings(family, &seen, &ports);
-            if !found.is_empty() {
-                restore(family, &restore_script(family, &ports, &seen))?;
-                done.push(format!("rewrote chain {CHAIN} with our jump first in INPUT"));
-            }
-            what.extend(found);
-            let present = parse_save(set.as_deref().unwrap_or_default());
-            let lost = self.opened.missing_from(&present, now);
-            if !lost.is_empty() {
-                what.push(format!("{} open window(s) gone from ipset {}", lost.len(), family.set()));
-                for w in &lost {
-                    run(Command::new("ipset").args(add_args(&w.door, w.src, w.port, w.remaining)))?;
-                }
-                done.push(format!("restored {} window(s)", lost.len()));
-            }
-            if !what.is_empty() {
-                lines.push(format!("{}: {}; {}", family.iptables(), what.join(", "), done.join(", ")));
-            }
+            lines.extend(self.repair_family(family, &ports, now)?);
         }
         Ok(lines)
+    }
+}
+
+impl IptablesGate {
+    /// One family's set, chain, jump and remembered windows, each put back
+    /// when missing or wrong; one line saying what was found and done.
+    fn repair_family(
+        &self,
+        family: Family,
+        ports: &[Step],
+        now: Instant,
+    ) -> Result<Option<String>, GateError> {
+        let (mut what, mut done) = (Vec::new(), Vec::new());
+        let set = list_set(family)?;
+        if set.is_none() {
+            what.push(format!("ipset {} is gone", family.set()));
+            run(Command::new("ipset").args(create_set_args(family)))?;
+            done.push("re-created the set".to_string());
+        }
+        let seen = check::parse(&rules_text(family)?);
+        let found = check::findings(family, &seen, ports);
+        if !found.is_empty() {
+            restore(family, &restore_script(family, ports, &seen))?;
+            done.push(format!("rewrote chain {CHAIN} with our jump first in INPUT"));
+        }
+        what.extend(found);
+        let present = parse_save(set.as_deref().unwrap_or_default());
+        let mut lost = self.opened.missing_from(&present, now);
+        lost.retain(|w| Family::of(w.src) == family);
+        if !lost.is_empty() {
+            what.push(format!("{} open window(s) gone from ipset {}", lost.len(), family.set()));
+            for w in &lost {
+                run(Command::new("ipset").args(add_args(&w.door, w.src, w.port, w.remaining)))?;
+            }
+            done.push(format!("restored {} window(s)", lost.len()));
+        }
+        let line = format!("{}: {}; {}", family.iptables(), what.join(", "), done.join(", "));
+        Ok((!what.is_empty()).then_some(line))
     }
 }
 

@@ -37,6 +37,7 @@
 //! remembers opening.
 
 mod check;
+mod listing;
 
 use std::{
     collections::BTreeSet,
@@ -48,8 +49,10 @@ use std::{
 
 use serde_json::{json, Value};
 
+use listing::{entries, known_windows, parse_port, parse_proto, parse_windows};
+
 use super::{memory::Remembered, Gate, GateError, Protected, Window};
-use crate::config::model::{Backend, Proto, Step};
+use crate::config::model::{Backend, Step};
 
 const FAMILY: &str = "inet";
 const TABLE: &str = "xknockd";
@@ -148,12 +151,12 @@ impl Gate for NftGate {
     }
 
     fn repair(&mut self, protected: &[Protected]) -> Result<Vec<String>, GateError> {
-        let ports: BTreeSet<Step> = protected.iter().map(|p| p.port).collect();
-        let ports: Vec<Step> = ports.into_iter().collect();
+        let wanted: BTreeSet<Step> = protected.iter().map(|p| p.port).collect();
+        let ports: Vec<Step> = wanted.iter().copied().collect();
         let now = Instant::now();
         self.opened.prune(&ports, now);
         let listing = list_table()?;
-        let found = check::inspect(listing.as_ref(), &ports.iter().copied().collect());
+        let found = check::inspect(listing.as_ref(), &wanted);
         let present = listing.as_ref().map(known_windows).unwrap_or_default();
         let lost = self.opened.missing_from(&present, now);
         if found.lines.is_empty() && lost.is_empty() {
@@ -163,20 +166,26 @@ impl Gate for NftGate {
         if !lost.is_empty() {
             what.push(format!("{} open window(s) gone from the allow sets", lost.len()));
         }
-        let done = if found.replace {
-            let carried: Vec<Window> = finite(present).into_iter().chain(lost.iter().cloned()).collect();
-            apply(&install_doc(&ports, true, &carried))?;
-            format!(
-                "replaced the table, keeping {} window(s), {} of them restored",
-                carried.len(),
-                lost.len()
-            )
-        } else {
-            apply(&install_doc(&ports, false, &lost))?;
-            format!("put the gate back, restoring {} window(s)", lost.len())
-        };
+        let done = put_back(&ports, found.replace, present, &lost)?;
         Ok(vec![format!("{}; {done}", what.join(", "))])
     }
+}
+
+/// Puts the table back in one transaction with the `lost` windows, and says
+/// what it did. A `replace` also keeps the windows still `present`.
+fn put_back(
+    ports: &[Step],
+    replace: bool,
+    present: Vec<Window>,
+    lost: &[Window],
+) -> Result<String, GateError> {
+    if !replace {
+        apply(&install_doc(ports, false, lost))?;
+        return Ok(format!("put the gate back, restoring {} window(s)", lost.len()));
+    }
+    let carried: Vec<Window> = finite(present).into_iter().chain(lost.iter().cloned()).collect();
+    apply(&install_doc(ports, true, &carried))?;
+    Ok(format!("replaced the table, keeping {} window(s), {} of them restored", carried.len(), lost.len()))
 }
 
 /// An element that never expires is no window of ours: a replace drops it.
@@ -353,80 +362,6 @@ fn flush_doc() -> Value {
     doc(vec![cmd("add", "table", table()), cmd("delete", "table", table())])
 }
 
-// ---- reading the kernel's table -------------------------------------------
-
-fn entries(listing: &Value) -> impl Iterator<Item = (&String, &Value)> {
-    listing["nftables"].as_array().into_iter().flatten().filter_map(|e| e.as_object()).flat_map(|o| o.iter())
-}
-
-/// The elements of our allow sets in a `nft -j list table` (or `list set`)
-/// document.
-fn allow_elements(listing: &Value) -> impl Iterator<Item = &Value> {
-    entries(listing)
-        .filter(|(k, _)| k.as_str() == "set")
-        .map(|(_, s)| s)
-        .filter(|s| s["family"] == FAMILY && s["table"] == TABLE)
-        .filter(|s| s["name"] == ALLOW4 || s["name"] == ALLOW6)
-        .flat_map(|s| s["elem"].as_array().into_iter().flatten())
-}
-
-/// The windows in a listing, saying which elements are not ours.
-fn parse_windows(listing: &Value) -> Vec<Window> {
-    allow_elements(listing)
-        .filter_map(|e| {
-            let w = parse_elem(e);
-            if w.is_none() {
-                log::warn!("nftables: ignoring an element we did not write: {e}");
-            }
-            w
-        })
-        .collect()
-}
-
-/// The windows in a listing, quietly: a repair looks twice a second.
-fn known_windows(listing: &Value) -> Vec<Window> {
-    allow_elements(listing).filter_map(parse_elem).collect()
-}
-
-/// `{"elem": {"val": {"concat": [addr, proto, port]}, "expires": s,
-/// "comment": door}}`, or a bare `{"concat": ...}` without timeout or
-/// comment. An element without `expires` never ends: its time left is
-/// `Duration::MAX`.
-fn parse_elem(e: &Value) -> Option<Window> {
-    let (val, meta) = match e.get("elem") {
-        Some(inner) => (&inner["val"], inner),
-        None => (e, &Value::Null),
-    };
-    let [addr, proto, port] = val["concat"].as_array()?.as_slice() else {
-        return None;
-    };
-    Some(Window {
-        door: meta["comment"].as_str().unwrap_or_default().to_string(),
-        src: addr.as_str()?.parse().ok()?,
-        port: Step { port: parse_port(port)?, proto: parse_proto(proto)? },
-        remaining: meta["expires"].as_u64().map_or(Duration::MAX, Duration::from_secs),
-    })
-}
-
-/// `"tcp"` or `6`, `"udp"` or `17`, as nft may print a protocol.
-fn parse_proto(v: &Value) -> Option<Proto> {
-    match v {
-        Value::String(s) if s == "tcp" => Some(Proto::Tcp),
-        Value::String(s) if s == "udp" => Some(Proto::Udp),
-        Value::Number(n) if n.as_u64() == Some(6) => Some(Proto::Tcp),
-        Value::Number(n) if n.as_u64() == Some(17) => Some(Proto::Udp),
-        _ => None,
-    }
-}
-
-fn parse_port(v: &Value) -> Option<u16> {
-    match v {
-        Value::Number(n) => u16::try_from(n.as_u64()?).ok(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
 // ---- running nft ----------------------------------------------------------
 
 fn stderr(out: &Output) -> String {
@@ -486,6 +421,7 @@ fn table_exists() -> Result<bool, GateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::model::Proto;
 
     fn tcp(port: u16) -> Step {
         Step { port, proto: Proto::Tcp }
@@ -498,26 +434,6 @@ mod tests {
     fn parse(text: &str) -> Value {
         serde_json::from_str(text).unwrap()
     }
-
-    /// What nft 1.0.6 prints for our table with two windows, one bare
-    /// element and one element of a foreign shape.
-    const LISTING: &str = r#"{"nftables": [
-      {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
-      {"table": {"family": "inet", "name": "xknockd", "handle": 1}},
-      {"set": {"family": "inet", "name": "allow4", "table": "xknockd",
-               "type": ["ipv4_addr", "inet_proto", "inet_service"], "handle": 1, "flags": ["timeout"],
-               "elem": [{"elem": {"val": {"concat": ["10.77.0.2", "tcp", 2222]}, "timeout": 30, "expires": 27, "comment": "ssh"}},
-                        {"concat": ["10.77.0.9", "udp", 53]}]}},
-      {"set": {"family": "inet", "name": "allow6", "table": "xknockd",
-               "type": ["ipv6_addr", "inet_proto", "inet_service"], "handle": 2, "flags": ["timeout"],
-               "elem": [{"elem": {"val": {"concat": ["fd77::2", "udp", 60001]}, "timeout": 3, "expires": 1, "comment": "web"}},
-                        {"elem": {"val": {"concat": ["fd77::3", "sctp", 1]}, "timeout": 3, "expires": 1}}]}},
-      {"set": {"family": "inet", "name": "protected", "table": "xknockd",
-               "type": ["inet_proto", "inet_service"], "handle": 3, "elem": [{"concat": ["tcp", 2222]}]}},
-      {"chain": {"family": "inet", "table": "xknockd", "name": "input", "handle": 4,
-                 "type": "filter", "hook": "input", "prio": -10, "policy": "accept"}},
-      {"rule": {"family": "inet", "table": "xknockd", "chain": "input", "handle": 5, "expr": []}}
-    ]}"#;
 
     const RULES: &str = r#"
       {"add": {"rule": {"family": "inet", "table": "xknockd", "chain": "input", "expr": [
@@ -645,38 +561,5 @@ mod tests {
         let long = "é".repeat(100);
         assert_eq!(comment(&long).len(), 128);
         assert_eq!(comment(&"a".repeat(129 + 2)).len(), 128);
-    }
-
-    #[test]
-    fn listing_parses_into_windows() {
-        let w = |door: &str, src: &str, port, remaining| Window {
-            door: door.into(),
-            src: src.parse().unwrap(),
-            port,
-            remaining,
-        };
-        let want = vec![
-            w("ssh", "10.77.0.2", tcp(2222), Duration::from_secs(27)),
-            w("", "10.77.0.9", udp(53), Duration::MAX),
-            w("web", "fd77::2", udp(60001), Duration::from_secs(1)),
-        ];
-        assert_eq!(parse_windows(&parse(LISTING)), want);
-    }
-
-    #[test]
-    fn shape_is_ours_only_with_exactly_our_sets_and_chain() {
-        use check::shape_matches;
-        let listing = parse(LISTING);
-        assert!(shape_matches(&listing));
-        let mut other_prio = listing.clone();
-        other_prio["nftables"][5]["chain"]["prio"] = json!(0);
-        assert!(!shape_matches(&other_prio));
-        let mut extra = listing.clone();
-        let stray = json!({"chain": {"family": "inet", "table": "xknockd", "name": "old", "handle": 9}});
-        extra["nftables"].as_array_mut().unwrap().push(stray);
-        assert!(!shape_matches(&extra));
-        let mut missing = listing;
-        missing["nftables"].as_array_mut().unwrap().remove(4);
-        assert!(!shape_matches(&missing));
     }
 }
