@@ -440,3 +440,65 @@ fn prober_sees_an_open_port() {
     assert!(n > 0 && answers.len() == n, "{} of {n} probes answered", answers.len());
     assert!(answers.iter().all(|a| a == "a SYN-ACK"), "{answers:?}");
 }
+
+fn xdp_attached(pair: &NetPair) -> bool {
+    let show = sh(pair, &pair.server, &["ip", "link", "show", "dev", &pair.server_if]);
+    String::from_utf8_lossy(&show.stdout).contains("xdp")
+}
+
+/// Moving off xdp removes the pins but not our attachment; a clean stop
+/// then detaches (no xdp door), while the nftables gate stays in place.
+#[test]
+fn clean_stop_after_moving_off_xdp_detaches_and_keeps_the_port_closed() {
+    let Some(mut rig) = rig("lifecycle_stop_after_xdp", "xdp") else { return };
+    let (pins, iface) = (rig.pins(), rig.pair().server_if.clone());
+    assert!(pins.join(format!("link_{iface}")).exists());
+    let options = format!("bpffs_dir: {}", pins.display());
+    std::fs::write(rig.srv.config_path(FILE), config("nftables", DURATION, &[&options])).unwrap();
+    rig.srv.signal(libc::SIGHUP);
+    assert!(wait_until(WAIT, || present(rig.pair(), &pins, "nftables") && !present(rig.pair(), &pins, "xdp")));
+    assert!(!pins.join(format!("link_{iface}")).exists(), "the link pin went with the xdp gate");
+    assert!(xdp_attached(rig.pair()), "but the daemon's own link keeps the detector attached");
+
+    assert!(rig.stop(libc::SIGTERM).success());
+    assert!(!xdp_attached(rig.pair()), "a clean stop with no xdp door detaches");
+    assert_closed(rig.pair(), CLIENT_V4, SERVER_V4, "nftables gate after a clean stop");
+}
+
+/// A daemon killed with the xdp gate pinned, the interface recreated while
+/// it was down: the restarted daemon must replace the pin of the dead link
+/// (taking it over would attach to nothing) and gate the new device.
+#[test]
+fn restart_after_the_interface_was_recreated_replaces_the_stale_pin() {
+    let Some(mut rig) = rig("lifecycle_stale_pin", "xdp") else { return };
+    rig.stop(libc::SIGKILL);
+    recreate_pair(rig.pair());
+    rig.restart(WAIT);
+    let out = rig.srv.daemon.output();
+    assert!(out.iter().any(|l| l.contains("replacing the stale pinned XDP link")), "{}", out.join("\n"));
+    assert!(!out.iter().any(|l| l.contains("took over the pinned XDP link")), "{}", out.join("\n"));
+    assert!(xdp_attached(rig.pair()));
+    assert_closed(rig.pair(), CLIENT2_V4, SERVER_V4, "after a restart on the recreated interface");
+    knock_opens_for_the_knocker_only(&mut rig, "after a restart on the recreated interface");
+}
+
+/// A daemon killed with the xdp gate pinned, restarted on a config that
+/// moved the door to nftables: it takes the pinned link over (no second
+/// attach fails), drops the old gate's pins, and the port stays closed.
+#[test]
+fn restart_without_an_xdp_door_removes_the_old_xdp_gate() {
+    let Some(mut rig) = rig("lifecycle_restart_off_xdp", "xdp") else { return };
+    let pins = rig.pins();
+    rig.stop(libc::SIGKILL);
+    let options = format!("bpffs_dir: {}", pins.display());
+    std::fs::write(rig.srv.config_path(FILE), config("nftables", DURATION, &[&options])).unwrap();
+    rig.restart(WAIT);
+    rig.srv.daemon.wait_for("took over the pinned XDP link", WAIT).unwrap();
+    assert!(!present(rig.pair(), &pins, "xdp"), "the old gate's maps are unpinned");
+    let link = pins.join(format!("link_{}", rig.pair().server_if));
+    assert!(!link.exists(), "and so is its link");
+    assert_closed(rig.pair(), CLIENT2_V4, SERVER_V4, "nftables after the restart");
+    knock_opens_for_the_knocker_only(&mut rig, "nftables after the restart");
+    assert!(rig.stop(libc::SIGTERM).success());
+    assert!(!xdp_attached(rig.pair()), "a clean stop with no xdp door detaches");
+}
