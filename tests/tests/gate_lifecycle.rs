@@ -322,7 +322,7 @@ struct Boot {
     _echo: EchoServer,
     dir: TempDir,
     // Dropped after every daemon: the pins go with the mount.
-    _bpffs: BpffsMount,
+    bpffs: BpffsMount,
     pair: NetPair,
 }
 
@@ -334,7 +334,7 @@ impl Boot {
         let options = format!("bpffs_dir: {}", bpffs.0.join("xknockd").display());
         std::fs::write(dir.path(FILE), config(backend, 3, &[&options])).unwrap();
         let echo = EchoServer::start(&pair.server, &format!("[::]:{PORT}")).unwrap();
-        Self { _echo: echo, dir, _bpffs: bpffs, pair }
+        Self { _echo: echo, dir, bpffs, pair }
     }
 
     fn xknockd(&self, args: &[&str], iface: &str) -> Output {
@@ -501,4 +501,19 @@ fn restart_without_an_xdp_door_removes_the_old_xdp_gate() {
     knock_opens_for_the_knocker_only(&mut rig, "nftables after the restart");
     assert!(rig.stop(libc::SIGTERM).success());
     assert!(!xdp_attached(rig.pair()), "a clean stop with no xdp door detaches");
+}
+
+/// At network-pre a NIC may not exist yet: --install-gate waits a little,
+/// then says so and exits 0 with the gate maps pinned for the daemon.
+#[test]
+fn install_gate_skips_a_missing_interface_with_a_warning() {
+    if !privileged("lifecycle_install_missing") {
+        return;
+    }
+    let boot = Boot::new("xdp");
+    let out = boot.xknockd(&["--install-gate"], "xkmissing0");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("warning: xkmissing0 does not exist"), "{stdout}");
+    assert!(boot.bpffs.0.join("xknockd/GATED").exists(), "the gate maps wait for the daemon");
 }
