@@ -18,9 +18,10 @@
 //!   A first fragment with a whole header is judged by it: Linux (since
 //!   4.19, and RFC 5722 for IPv6) drops overlapping fragments, so no later
 //!   fragment can rewrite the ports or flags.
-//! - IPv4 TCP fragment at offset 1 (RFC 1858): `Unclassified`; it can only
-//!   serve to complete or rewrite a TCP header. Other non-first fragments
-//!   carry no header: `NotOurs`, their first fragment decides.
+//! - IPv4 TCP fragment at offset 1 (RFC 1858) or 2: `Unclassified`; starting
+//!   inside the 20-byte TCP header, it can only serve to complete or rewrite
+//!   one. Other non-first fragments carry no header: `NotOurs`, their first
+//!   fragment decides (and is dropped itself when its header is not whole).
 //! - A whole (unfragmented) datagram whose L4 header is cut short: Linux
 //!   drops it, so `NotOurs`.
 //! - IPv6: hop-by-hop, routing, destination options and fragment headers
@@ -175,9 +176,10 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Result<L4, Stop> {
     }
     let offset = frag & IPV4_OFFSET;
     if offset != 0 {
-        // RFC 1858: a TCP fragment at offset 1 can only complete or rewrite
-        // the TCP header of its first fragment.
-        return Err(if offset == 1 && proto == PROTO_TCP { Unclassified } else { NotOurs });
+        // RFC 1858, widened to offset 2: a TCP fragment that starts inside
+        // the 20-byte TCP header can only complete or rewrite that header.
+        let in_header = (offset as usize) * 8 < TCP_HLEN;
+        return Err(if in_header && proto == PROTO_TCP { Unclassified } else { NotOurs });
     }
     let l4 = L4 { family: FAMILY_V4, proto, l3, l4: l3 + ihl };
     if frag & IPV4_MF != 0 {
@@ -233,7 +235,7 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<L4, Stop> {
             let field = u16::from_be_bytes([hdr[2], hdr[3]]);
             // Only the first fragment (offset 0) carries the L4 header.
             if field & IPV6_FRAG_OFFSET != 0 {
-                return Err(NotOurs);
+                return Err(first_fragment_stop(ctx, first_fragment, l3, off + 8));
             }
             first_fragment |= field & IPV6_FRAG_MORE != 0;
             8
@@ -250,7 +252,7 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<L4, Stop> {
         return Err(Unclassified);
     }
     if !is_l4(next) {
-        return Err(NotOurs);
+        return Err(first_fragment_stop(ctx, first_fragment, l3, off));
     }
     let l4 = L4 { family: FAMILY_V6, proto: next, l3, l4: off };
     if first_fragment {
@@ -277,15 +279,38 @@ fn cut_short(first_fragment: bool) -> Stop {
 /// header lie inside its payload length (Linux trims the frame to it).
 #[inline(always)]
 fn first_v6_fragment(ctx: &XdpContext, l4: L4) -> Result<L4, Stop> {
-    let end = IPV6_HLEN + read_be16(ctx, l4.l3 + 4).ok_or(NotOurs)? as usize;
-    if l4.l4 + l4_hlen(l4.proto) <= l4.l3 + end && header_whole(ctx, &l4) {
+    if in_payload(ctx, l4.l3, l4.l4 + l4_hlen(l4.proto)) == Some(true) && header_whole(ctx, &l4) {
         return Ok(l4);
     }
-    // Linux drops a packet longer than its frame.
-    if end > ip_bytes(ctx, l4.l3) {
-        return Err(NotOurs);
+    Err(first_fragment_stop(ctx, true, l4.l3, usize::MAX))
+}
+
+/// How a walk that read the chain up to `upto` ends without an L4 header:
+/// for a first fragment, `NotOurs` only if all it read lies inside the
+/// payload length. Past it, the frame's bytes are padding that Linux trims,
+/// and the chain goes on in the next fragment.
+#[inline(always)]
+fn first_fragment_stop(ctx: &XdpContext, first_fragment: bool, l3: usize, upto: usize) -> Stop {
+    if !first_fragment {
+        return NotOurs;
     }
-    Err(Unclassified)
+    match in_payload(ctx, l3, upto) {
+        Some(true) => NotOurs,
+        // Linux drops a packet longer than its frame.
+        _ if payload_end(ctx, l3).is_none_or(|end| end > ctx.data_end() - ctx.data()) => NotOurs,
+        _ => Unclassified,
+    }
+}
+
+/// The end of the IPv6 payload, as a frame offset.
+#[inline(always)]
+fn payload_end(ctx: &XdpContext, l3: usize) -> Option<usize> {
+    Some(l3 + IPV6_HLEN + read_be16(ctx, l3 + 4)? as usize)
+}
+
+#[inline(always)]
+fn in_payload(ctx: &XdpContext, l3: usize, upto: usize) -> Option<bool> {
+    Some(upto <= payload_end(ctx, l3)?)
 }
 
 #[inline(always)]

@@ -1,9 +1,12 @@
 //! Shared helpers for the end-to-end tests: privilege gating, network
-//! namespaces torn down by a guard, and hand-built frames.
+//! namespaces torn down by a guard, hand-built frames, and the differential
+//! fuzzer's reference model and frame generator.
 
 pub mod daemon;
 pub mod frames;
+pub mod fuzz;
 pub mod gate;
+pub mod model;
 pub mod netns;
 pub mod rawsock;
 

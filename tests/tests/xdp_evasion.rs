@@ -87,8 +87,8 @@ fn v4_sixteen_byte_first_fragment() {
         return;
     }
     // The flags are visible but the header is not whole; the tail at
-    // offset 2 carries no header, and its first fragment is dropped.
-    check(&case(false, "v4_sixteen_byte_first_fragment"), &[D, P], 1);
+    // offset 2 starts inside the TCP header.
+    check(&case(false, "v4_sixteen_byte_first_fragment"), &[D, D], 2);
 }
 
 #[test]
@@ -106,13 +106,13 @@ fn v4_offset_one_tcp_fragment() {
     if !privileged("v4_offset_one_tcp_fragment") {
         return;
     }
-    // RFC 1858, whatever else it carries; a UDP or later TCP fragment has no
-    // header to rewrite and passes.
+    // RFC 1858 (and offset 2, still inside the TCP header), whatever else it
+    // carries; a UDP or later TCP fragment has no header to rewrite.
     let at = |proto, frag| v4_frame(&V4Header { frag, ..V4Header::new(SRC4, DST4, proto) }, &[0; 16]);
     check(
         &[at(TCP, 1), at(TCP, frames::IP_MF | 1), at(UDP, 1), at(TCP, 2), at(TCP, 185)],
-        &[D, D, P, P, P],
-        2,
+        &[D, D, P, D, P],
+        3,
     );
 }
 
@@ -209,6 +209,31 @@ fn v6_first_fragment_short_payload_length() {
     f[18..20].copy_from_slice(&16u16.to_be_bytes());
     f.extend(frag);
     check(&[f], &[D], 1);
+}
+
+/// Found by the fuzzer: a first fragment whose chain runs past its payload
+/// length. The frame's padding shows the chain ending harmlessly, but Linux
+/// trims the padding off and the chain goes on in the next fragment.
+#[test]
+fn v6_first_fragment_chain_in_padding() {
+    if !privileged("v6_first_fragment_chain_in_padding") {
+        return;
+    }
+    const ICMPV6: u8 = 58;
+    let frame = |after_frag: Vec<u8>, covered: u16| {
+        let mut payload = frames::fragment_header(60, 0, true, 9);
+        payload.extend(after_frag);
+        let mut f = [Eth::TEST.header(0x86dd), frames::ipv6_packet(SRC6, DST6, 44, &payload)].concat();
+        f[18..20].copy_from_slice(&covered.to_be_bytes());
+        f.extend([0; 16]); // what the padding shows next: ICMPv6 or a later fragment
+        f
+    };
+    // 16 bytes of destination options, of which the payload length covers 8.
+    let icmp = frame(Ext::DestOpts.bytes(ICMPV6), 16);
+    let later = frame([Ext::DestOpts.bytes(44), frames::fragment_header(TCP, 3, false, 9)].concat(), 16);
+    // The same frames with the payload length covering all they show pass.
+    let icmp_whole = frame(Ext::DestOpts.bytes(ICMPV6), 24);
+    check(&[icmp, later, icmp_whole], &[D, D, P], 2);
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup|build|run|test|demo|bench`.
+//! Project tasks: `cargo xtask setup|build|run|test|demo|bench|fuzz`.
 
 mod bench;
 mod demo;
@@ -45,7 +45,18 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Differential fuzzer: random and mutated frames through the XDP program
+    /// (BPF_PROG_TEST_RUN), each verdict checked against a model of Linux.
+    Fuzz {
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: u64,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
+
+/// Frames of the fuzz run inside `cargo xtask test`.
+const TEST_FUZZ_FRAMES: u64 = 20_000;
 
 fn main() -> Result<()> {
     match Cli::parse().task {
@@ -58,6 +69,10 @@ fn main() -> Result<()> {
             demo::run(&bin_dir(release))
         }
         Task::Bench { quick } => bench::run(quick, false),
+        Task::Fuzz { frames, seed } => {
+            setup::run()?;
+            fuzz(frames, seed)
+        }
     }
 }
 
@@ -142,6 +157,8 @@ fn test() -> Result<()> {
     if is_root() {
         println!("== demo");
         demo::run(&bin_dir(false))?;
+        println!("== fuzz ({TEST_FUZZ_FRAMES} frames)");
+        fuzz(TEST_FUZZ_FRAMES, None)?;
         // Keeps the bench's code paths alive; asserts nothing about speed.
         println!("== bench --quick");
         bench::run(true, true)?;
@@ -150,6 +167,22 @@ fn test() -> Result<()> {
     // with doc-test runs that have nothing to run.
     println!("{} passed, {} failed", tally.passed, tally.failed);
     Ok(())
+}
+
+/// Runs the fuzzer example (it needs the XDP object, which xtask must not
+/// link); fails when it finds a frame the program wrongly passes.
+fn fuzz(frames: u64, seed: Option<u64>) -> Result<()> {
+    if !is_root() {
+        bail!("fuzz loads XDP programs: run it as root");
+    }
+    let frames = frames.to_string();
+    let mut args = vec!["run", "--quiet", "--package", "xknock-tests", "--example", "fuzz_xdp", "--"];
+    args.extend(["--frames", &frames]);
+    let seed = seed.map(|s| s.to_string());
+    if let Some(seed) = &seed {
+        args.extend(["--seed", seed]);
+    }
+    check(&mut cargo(&args)?)
 }
 
 /// Sums cargo's `test result:` lines while passing its output through.

@@ -657,7 +657,7 @@ fn json(r: &Results) -> serde_json::Value {
         "release": r.release,
         "wall_s": r.wall.as_secs_f64(),
         "machine": machine().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
-        "counter_order": ["frames", "knock_hits", "flag_mismatch", "ringbuf_full", "not_local", "gate_drop", "gate_pass", "stealth_drop"],
+        "counter_order": ["frames", "knock_hits", "flag_mismatch", "ringbuf_full", "not_local", "gate_drop", "gate_pass", "stealth_drop", "unclassified_drop"],
         "testrun": {
             "rounds": r.testrun.rounds,
             "repeat": r.testrun.repeat,
