@@ -285,6 +285,8 @@ fn main() -> Result<()> {
             "not_local": b.not_local - a.not_local,
             "gate_drop": b.gate_drop - a.gate_drop,
             "gate_pass": b.gate_pass - a.gate_pass,
+            "stealth_drop": b.stealth_drop - a.stealth_drop,
+            "unclassified_drop": b.unclassified_drop - a.unclassified_drop,
         })
     };
     let out = serde_json::json!({
