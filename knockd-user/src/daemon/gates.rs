@@ -6,16 +6,16 @@ use std::{
     collections::{btree_map::Entry, BTreeMap, BTreeSet},
     net::IpAddr,
     path::Path,
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
 
 use crate::{
     bpf::XdpKnocker,
-    config::model::{Backend, Config, Door},
+    config::model::{Backend, Config, Step},
     gate::{
-        door_backend, iptables::IptablesGate, nftables::NftGate, protected_by_backend, Gate, GateError,
-        Protected, Window,
+        iptables::IptablesGate, nftables::NftGate, protected_by_backend, Gate, GateError, Protected, Window,
     },
 };
 
@@ -26,7 +26,7 @@ pub struct Gates {
 
 /// A backend's gate and the ports it holds closed now.
 struct Installed {
-    gate: Box<dyn Gate>,
+    gate: Box<dyn Gate + Send>,
     protected: Vec<Protected>,
 }
 
@@ -53,7 +53,7 @@ pub fn build(
     backend: Backend,
     bpffs_dir: &Path,
     knocker: Option<&mut XdpKnocker>,
-) -> Result<Box<dyn Gate>, GateError> {
+) -> Result<Box<dyn Gate + Send>, GateError> {
     match backend {
         Backend::Nftables => Ok(Box::new(NftGate::new()?)),
         Backend::Iptables => Ok(Box::new(IptablesGate::new()?)),
@@ -79,10 +79,10 @@ impl Gates {
     }
 
     /// [`Gates::sync`], building missing backends with `build`.
-    fn sync_with(
+    pub(super) fn sync_with(
         &mut self,
         cfg: &Config,
-        mut build: impl FnMut(Backend) -> Result<Box<dyn Gate>, GateError>,
+        mut build: impl FnMut(Backend) -> Result<Box<dyn Gate + Send>, GateError>,
     ) -> Result<()> {
         let wanted = protected_by_backend(cfg);
         for (backend, protected) in &wanted {
@@ -119,10 +119,17 @@ impl Gates {
         Ok(())
     }
 
-    pub fn open(&mut self, cfg: &Config, door: &Door, src: IpAddr) -> Result<(), GateError> {
-        let (Some(open), Some(backend)) = (&door.open, door_backend(cfg, door)) else { return Ok(()) };
+    /// Opens `door`'s window for `src` on `backend`'s gate.
+    pub fn open(
+        &mut self,
+        backend: Backend,
+        door: &str,
+        src: IpAddr,
+        ports: &[Step],
+        duration: Duration,
+    ) -> Result<(), GateError> {
         match self.gates.get_mut(&key(backend)) {
-            Some(installed) => installed.gate.open(&door.name, src, &open.ports, open.duration),
+            Some(installed) => installed.gate.open(door, src, ports, duration),
             None => Err(GateError::Other(format!("no {backend:?} gate installed"))),
         }
     }
@@ -165,32 +172,36 @@ impl Gates {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::{cell::RefCell, collections::BTreeMap, path::PathBuf, rc::Rc, time::Duration};
+pub(super) mod tests {
+    use std::{
+        collections::BTreeMap,
+        path::PathBuf,
+        sync::{Arc, Mutex},
+    };
 
     use super::*;
     use crate::{
-        config::model::{Format, OpenAction, Options, Proto, Step, TcpFlags},
+        config::model::{Door, Format, OpenAction, Options, Proto, TcpFlags},
         gate::Window,
     };
 
     /// What every fake backend holds closed, shared so a check after each
     /// call sees the whole "kernel".
-    type Kernel = Rc<RefCell<BTreeMap<BackendKey, BTreeSet<Step>>>>;
+    type Kernel = Arc<Mutex<BTreeMap<BackendKey, BTreeSet<Step>>>>;
 
     /// A backend that records its closed set in `kernel` and, after every
     /// change, checks that each port in `must_hold` is closed somewhere.
     struct Fake {
         backend: Backend,
         kernel: Kernel,
-        must_hold: Rc<Vec<Step>>,
+        must_hold: Arc<Vec<Step>>,
         fail_install: bool,
     }
 
     impl Fake {
         fn set(&self, ports: BTreeSet<Step>) {
-            self.kernel.borrow_mut().insert(key(self.backend), ports);
-            let k = self.kernel.borrow();
+            self.kernel.lock().unwrap().insert(key(self.backend), ports);
+            let k = self.kernel.lock().unwrap();
             for p in self.must_hold.iter() {
                 assert!(k.values().any(|s| s.contains(p)), "{p} open for a moment: {k:?}");
             }
@@ -219,7 +230,7 @@ mod tests {
         }
         fn flush(&mut self) -> Result<(), GateError> {
             self.set(BTreeSet::new());
-            self.kernel.borrow_mut().remove(&key(self.backend));
+            self.kernel.lock().unwrap().remove(&key(self.backend));
             Ok(())
         }
     }
@@ -229,7 +240,7 @@ mod tests {
     }
 
     /// One door per `(ports, backend)`.
-    fn cfg(doors: &[(&[u16], Backend)]) -> Config {
+    pub(in crate::daemon) fn cfg(doors: &[(&[u16], Backend)]) -> Config {
         let door = |i: usize, (ports, backend): &(&[u16], Backend)| Door {
             name: format!("d{i}"),
             sequence: vec![tcp(7000 + i as u16)],
@@ -277,7 +288,7 @@ mod tests {
         must_hold: &[u16],
         broken: &[Backend],
     ) -> Result<()> {
-        let must_hold = Rc::new(must_hold.iter().map(|&p| tcp(p)).collect());
+        let must_hold = Arc::new(must_hold.iter().map(|&p| tcp(p)).collect());
         gates.sync_with(to, |backend| {
             if broken.contains(&backend) {
                 return Err(GateError::Unavailable { backend, why: "broken".into() });
@@ -285,7 +296,7 @@ mod tests {
             let fake = Fake {
                 backend,
                 kernel: kernel.clone(),
-                must_hold: Rc::clone(&must_hold),
+                must_hold: Arc::clone(&must_hold),
                 fail_install: false,
             };
             Ok(Box::new(fake))
@@ -293,7 +304,7 @@ mod tests {
     }
 
     fn closed(kernel: &Kernel) -> BTreeMap<BackendKey, Vec<u16>> {
-        kernel.borrow().iter().map(|(k, s)| (*k, s.iter().map(|p| p.port).collect())).collect()
+        kernel.lock().unwrap().iter().map(|(k, s)| (*k, s.iter().map(|p| p.port).collect())).collect()
     }
 
     const NFT: Backend = Backend::Nftables;
@@ -344,7 +355,7 @@ mod tests {
         sync(&mut gates, &kernel, &cfg(&[(&[22], NFT), (&[80], IPT)]), &[], &[]).unwrap();
         if let Some(installed) = gates.gates.get_mut(&key(IPT)) {
             let fake =
-                Fake { backend: IPT, kernel: kernel.clone(), must_hold: Rc::default(), fail_install: true };
+                Fake { backend: IPT, kernel: kernel.clone(), must_hold: Arc::default(), fail_install: true };
             installed.gate = Box::new(fake);
         }
         assert!(sync(&mut gates, &kernel, &cfg(&[(&[22, 80], NFT), (&[443], IPT)]), &[22, 80], &[]).is_err());

@@ -1,11 +1,14 @@
 //! The daemon: kernel events in, knockd's log lines and actions out.
 
 mod doors;
+mod expiry;
 pub mod gates;
 mod links;
+mod names;
 mod onetime;
 mod ratelimit;
 mod reload;
+mod worker;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -25,6 +28,7 @@ use crate::{
     commands::{pick, CommandRunner},
     config::model::{Backend, Config, Door},
     events::{monotonic_now, EventStream, KnockRecord},
+    gate::door_backend,
     knocklog::{self, KnockLog},
     tracker::{Knock, Outcome, Tracker},
 };
@@ -61,8 +65,8 @@ pub struct Daemon {
     log: Arc<KnockLog>,
     runner: CommandRunner,
     local: BTreeSet<IpAddr>,
-    hostnames: HashMap<IpAddr, Option<String>>,
-    gates: gates::Gates,
+    names: names::Names,
+    gates: worker::GateWorker,
     limiter: ratelimit::OpenLimiter,
 }
 
@@ -88,6 +92,8 @@ impl Daemon {
         let runner = CommandRunner::new(log.sink());
         let doors = cfg.doors.iter().map(|d| (Arc::from(d.name.as_str()), d.clone())).collect();
         let limiter = Self::limiter(&cfg, &gates);
+        let gates = worker::GateWorker::spawn(gates, log.clone(), runner.clone())
+            .context("starting the gate thread")?;
         Ok(Self {
             cfg,
             opts,
@@ -97,7 +103,7 @@ impl Daemon {
             log,
             runner,
             local,
-            hostnames: HashMap::new(),
+            names: names::Names::default(),
             gates,
             limiter,
         })
@@ -143,7 +149,7 @@ impl Daemon {
                         tokio::time::sleep(BUSY_PAUSE).await;
                     }
                 }
-                () = deadline => self.purge().await,
+                () = deadline => self.purge(&mut events, &mut batch).await?,
                 _ = tick.tick() => self.on_tick(),
                 res = addr_watch.changed() => {
                     let seen = res.context("watching addresses")?;
@@ -154,7 +160,7 @@ impl Daemon {
                         self.sync_addrs();
                     }
                 }
-                _ = hup.recv() => self.reload(),
+                _ = hup.recv() => self.reload().await,
                 _ = int.recv() => break,
                 _ = term.recv() => break,
                 _ = usr1.recv() => log::info!("{}", self.stats()),
@@ -175,14 +181,29 @@ impl Daemon {
         }
     }
 
-    async fn purge(&mut self) {
+    /// A deadline passed: knocks already in the ring go first (see
+    /// [`expiry`]), then the attempts due by the time the timer fired.
+    async fn purge(&mut self, events: &mut EventStream, batch: &mut Vec<KnockRecord>) -> Result<()> {
+        let now = monotonic_now();
+        expiry::pending(events, batch).await.context("reading the ring buffer")?;
+        let knocks = self.knocks(batch);
         let mut out = Vec::new();
-        self.tracker.purge(monotonic_now(), &mut out);
+        expiry::expire(&mut self.tracker, &knocks, now, &mut out);
         self.handle_outcomes(out).await;
+        Ok(())
     }
 
     async fn handle_batch(&mut self, batch: &mut Vec<KnockRecord>) {
         let mut out = Vec::new();
+        for knock in self.knocks(batch) {
+            self.tracker.on_knock(&knock, &mut out);
+        }
+        self.handle_outcomes(out).await;
+    }
+
+    /// The tracker's view of `batch`, which is left empty.
+    fn knocks(&self, batch: &mut Vec<KnockRecord>) -> Vec<Knock> {
+        let mut knocks = Vec::with_capacity(batch.len());
         for rec in batch.drain(..) {
             // One knocker is one source whichever way the stack reported it.
             let src = rec.src.to_canonical();
@@ -199,16 +220,16 @@ impl Daemon {
                 tcp_flags: rec.tcp_flags,
                 at: rec.at,
             };
-            self.tracker.on_knock(&knock, &mut out);
+            knocks.push(knock);
         }
-        self.handle_outcomes(out).await;
+        knocks
     }
 
     async fn handle_outcomes(&mut self, out: Vec<Outcome>) {
         for o in out {
             match o {
                 Outcome::Stage { src, door, stage } => {
-                    let who = self.who(src).await;
+                    let who = self.who(src);
                     self.log.line(&knocklog::stage(who, &door, stage));
                 }
                 Outcome::Open { src, door } => {
@@ -217,12 +238,15 @@ impl Daemon {
                     if self.limiter.admit(&door, src, monotonic_now()) == ratelimit::Verdict::Refused {
                         continue;
                     }
-                    let who = self.who(src).await;
+                    let who = self.who(src);
                     self.log.line(&knocklog::open_sesame(who, &door));
-                    self.open(src, &door);
+                    if self.opts.lookup {
+                        self.names.completed(src);
+                    }
+                    self.open(src, &door).await;
                 }
                 Outcome::Timeout { src, door, stage } => {
-                    let who = self.who(src).await;
+                    let who = self.who(src);
                     self.log.line(&knocklog::seq_timeout(who, &door, stage));
                 }
                 Outcome::Evicted { src } => {
@@ -233,27 +257,39 @@ impl Daemon {
     }
 
     /// OPEN SESAME: consume a one-time sequence first (so a crash can never
-    /// let it be replayed), then run the door's commands.
-    fn open(&mut self, src: IpAddr, name: &Arc<str>) {
+    /// let it be replayed), then open the gate and run the door's commands.
+    /// The gate thread does both, in that order, for a door with `open`.
+    async fn open(&mut self, src: IpAddr, name: &Arc<str>) {
         let Some(door) = self.doors.get(name).cloned() else {
             return;
         };
-        if door.one_time_sequences.is_some() && !self.rotate_one_time(&door) {
+        if door.one_time_sequences.is_some() && !self.rotate_one_time(&door).await {
             return;
         }
         let start = pick(door.start_command.as_deref(), door.start_command_6.as_deref(), src);
         let stop = pick(door.stop_command.as_deref(), door.stop_command_6.as_deref(), src);
-        if let Err(e) = self.gates.open(&self.cfg, &door, src) {
-            self.log.line(&format!("{}: opening the gate for {src} failed: {e}", door.name));
-        }
-        if start.is_some() || stop.is_some() {
-            self.runner.open(
-                &door.name,
-                src,
-                start.map(String::from),
-                stop.map(String::from),
-                door.cmd_timeout,
-            );
+        let commands = (start.is_some() || stop.is_some()).then(|| worker::Commands {
+            start: start.map(String::from),
+            stop: stop.map(String::from),
+            timeout: door.cmd_timeout,
+        });
+        let (Some(open), Some(backend)) = (&door.open, door_backend(&self.cfg, &door)) else {
+            if let Some(c) = commands {
+                self.runner.open(&door.name, src, c.start, c.stop, c.timeout);
+            }
+            return;
+        };
+        let req = worker::OpenRequest {
+            door: Arc::clone(name),
+            backend,
+            src,
+            ports: open.ports.clone(),
+            duration: open.duration,
+            commands,
+        };
+        // Fail closed: a stalled firewall tool must not stall the loop.
+        if let Err(e) = self.gates.open(req) {
+            self.log.line(&format!("{}: not opening the gate for {src}: {e}", door.name));
         }
     }
 
@@ -266,24 +302,11 @@ impl Daemon {
         }
     }
 
-    /// The log prefix for a knocker: its address, plus its name with -l.
-    async fn who(&mut self, ip: IpAddr) -> String {
-        if !self.opts.lookup {
-            return knocklog::ip_prefix(ip, None);
-        }
-        if !self.hostnames.contains_key(&ip) {
-            let lookup = tokio::task::spawn_blocking(move || knocklog::reverse_lookup(ip));
-            let name = tokio::time::timeout(Duration::from_secs(2), lookup)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten();
-            if self.hostnames.len() > 4096 {
-                self.hostnames.clear();
-            }
-            self.hostnames.insert(ip, name);
-        }
-        knocklog::ip_prefix(ip, self.hostnames[&ip].as_deref())
+    /// The log prefix for a knocker: its address, plus its name with -l
+    /// once [`names`] has found it.
+    fn who(&self, ip: IpAddr) -> String {
+        let name = if self.opts.lookup { self.names.get(ip) } else { None };
+        knocklog::ip_prefix(ip, name.as_deref())
     }
 
     /// Kernel counters and tracker state, for SIGUSR1 and exit (and the bench).
@@ -322,11 +345,12 @@ impl Daemon {
         }
     }
 
-    async fn shutdown(mut self) {
+    async fn shutdown(self) {
         self.log.notice(&knocklog::shutting_down());
         log::info!("{}", self.stats());
-        // Windows end; protected ports stay closed (fail closed).
-        self.gates.close_windows();
+        // Queued opens run, then windows end; protected ports stay closed
+        // (fail closed).
+        self.gates.shutdown().await;
         if !self.runner.shutdown().await {
             log::warn!("some commands were still running at exit");
         }

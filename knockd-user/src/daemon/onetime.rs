@@ -4,7 +4,7 @@
 
 use std::io;
 
-use super::Daemon;
+use super::{reload::GateSync, Daemon};
 use crate::config::{
     self,
     model::{Config, Door, Step},
@@ -24,7 +24,7 @@ impl Daemon {
     /// Burns the active line of `door`'s file. Returns whether the door may
     /// open: if the line cannot be burnt, opening would allow a replay, so
     /// the door stays shut (fail closed).
-    pub(super) fn rotate_one_time(&mut self, door: &Door) -> bool {
+    pub(super) async fn rotate_one_time(&mut self, door: &Door) -> bool {
         let Some(path) = door.one_time_sequences.as_deref() else {
             return true;
         };
@@ -37,7 +37,7 @@ impl Daemon {
                     "{}: one-time sequences file changed; not opening, reloading it",
                     door.name
                 ));
-                self.reload();
+                self.reload().await;
                 return false;
             }
             Err(e) => {
@@ -74,7 +74,7 @@ impl Daemon {
                 disable(&mut cfg, &door.name);
             }
         }
-        self.apply(cfg);
+        self.apply(cfg, GateSync::IfChanged).await;
         true
     }
 }

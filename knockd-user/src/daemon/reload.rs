@@ -3,34 +3,51 @@
 
 use std::sync::Arc;
 
-use super::{door_spec, kernel_ports, ratelimit, Daemon};
+use anyhow::Context;
+
+use super::{door_spec, kernel_ports, ratelimit, uses_backend, Daemon};
 use crate::{
-    config::{self, model::Config},
+    config::{
+        self,
+        model::{Backend, Config},
+    },
     events::monotonic_now,
+    gate::protected_by_backend,
     knocklog,
 };
 
+/// Whether [`Daemon::apply`] re-installs gates whose ports did not change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum GateSync {
+    /// SIGHUP: always, as a fresh start would.
+    Always,
+    /// A one-time rotation changes only a sequence: the gates are left
+    /// alone unless the protected ports moved, so an open does not wait
+    /// behind a firewall tool.
+    IfChanged,
+}
+
 impl Daemon {
-    pub(super) fn reload(&mut self) {
+    pub(super) async fn reload(&mut self) {
         self.log.notice(&knocklog::rereading(self.cfg.path.display()));
         if let Err(e) = self.log.reopen() {
             log::error!("re-opening the log file: {e}");
         }
         match config::load(&self.cfg.path) {
-            Ok(new) => self.apply(new),
+            Ok(new) => self.apply(new, GateSync::Always).await,
             Err(e) => self.log.notice(&format!("config error, keeping the running config: {e}")),
         }
     }
 
     /// Switches to `new`: kernel maps first (new ports in before stale ones
     /// leave), then the tracker, which keeps knocks on unchanged doors.
-    pub(super) fn apply(&mut self, new: Config) {
-        if let Err(e) = self.gates.sync(&new, &mut self.knocker) {
-            self.log.notice(&format!("updating the gates failed, keeping the running config: {e:#}"));
-            if let Err(e) = self.gates.sync(&self.cfg, &mut self.knocker) {
-                log::error!("restoring the gates: {e:#}");
+    pub(super) async fn apply(&mut self, new: Config, when: GateSync) {
+        let changed = protected_by_backend(&new) != protected_by_backend(&self.cfg);
+        if when == GateSync::Always || changed {
+            if let Err(e) = self.sync_gates(&new).await {
+                self.log.notice(&format!("updating the gates failed, keeping the running config: {e:#}"));
+                return;
             }
-            return;
         }
         if let Err(e) = self.knocker.set_knock_ports(&kernel_ports(&new)) {
             self.log.notice(&format!("updating the knock-port map failed, keeping the running config: {e}"));
@@ -48,5 +65,22 @@ impl Daemon {
         self.doors = new.doors.iter().map(|d| (Arc::from(d.name.as_str()), d.clone())).collect();
         self.cfg = new;
         self.sync_addrs();
+    }
+}
+
+impl Daemon {
+    /// Syncs the gate thread to `new`, after every update queued before.
+    /// On an error it is back on the running config. The XDP gate's maps
+    /// are pinned here first: the gate thread opens them from their pins.
+    async fn sync_gates(&mut self, new: &Config) -> anyhow::Result<()> {
+        if uses_backend(new, Backend::Xdp) || uses_backend(&self.cfg, Backend::Xdp) {
+            if let Err(e) = self.knocker.gate() {
+                if uses_backend(new, Backend::Xdp) {
+                    return Err(e).context("Xdp gate");
+                }
+                log::warn!("re-pinning the xdp gate: {e}");
+            }
+        }
+        self.gates.sync(Arc::new(new.clone()), Arc::new(self.cfg.clone())).await
     }
 }
