@@ -44,7 +44,20 @@ pub mod counter {
     /// gate was active, and Linux might still have delivered them as a new
     /// connection to a gated port (fail closed).
     pub const UNCLASSIFIED_DROP: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// First steps recorded in `FIRST_STEP` with no event sent.
+    pub const FIRST_STEP: u32 = 9;
+    /// Events carrying a first step and a second step (pairs).
+    pub const PAIRS: u32 = 10;
+    /// Knocks on a later step from a source with neither a live first step
+    /// nor an `ACTIVE` entry: they could change nothing, so no event.
+    pub const ORPHAN_STEP: u32 = 11;
+    /// New connections to other ports counted against a knocking source.
+    pub const SWEEP_COUNTED: u32 = 12;
+    /// Times a source crossed `sweep_limit` and its attempts were dropped.
+    pub const SWEEP_DROPPED: u32 = 13;
+    /// Pairs whose source did not fit in `ACTIVE` (its later steps are lost).
+    pub const ACTIVE_FULL: u32 = 14;
+    pub const COUNT: u32 = 15;
 }
 
 /// A (port, proto) pair, as the daemon names knock ports.
@@ -141,8 +154,28 @@ pub struct KnockEvent {
     pub proto: u8,
     pub family: u8,
     pub tcp_flags: u8,
-    pub _pad: [u8; 5],
+    /// `EVENT_KNOCK`, `EVENT_PAIR` or `EVENT_SWEEP`.
+    pub kind: u8,
+    /// `EVENT_PAIR`: the first step's port (host order), protocol and the
+    /// TCP flags its door demands, and its time in [`ms_of`] milliseconds.
+    pub first_port: u16,
+    pub first_proto: u8,
+    pub first_flags: u8,
+    pub first_ms: u32,
+    /// `EVENT_PAIR` and `EVENT_SWEEP`: the door (its index in the config),
+    /// or `DOOR_ALL` for every attempt of the source.
+    pub door: u16,
+    /// `EVENT_SWEEP`: how many packets to other ports crossed the limit.
+    pub count: u16,
 }
+
+/// A knock, reported as it came.
+pub const EVENT_KNOCK: u8 = 0;
+/// A second step with the first step the kernel held for it.
+pub const EVENT_PAIR: u8 = 1;
+/// The sweep guard dropped the source's attempts.
+pub const EVENT_SWEEP: u8 = 2;
+pub const DOOR_ALL: u16 = u16::MAX;
 
 const _: () = assert!(core::mem::size_of::<PortKey>() == 4);
 const _: () = assert!(port_slot(65_535, PROTO_UDP) < PORT_SLOTS);
@@ -150,7 +183,7 @@ const _: () = assert!(core::mem::size_of::<PortRule>() == 4);
 const _: () = assert!(core::mem::size_of::<AddrMark>() == 4);
 const _: () = assert!(core::mem::size_of::<AllowKey>() == 20);
 const _: () = assert!(core::mem::size_of::<AllowValue>() == 32);
-const _: () = assert!(core::mem::size_of::<KnockEvent>() == 56);
+const _: () = assert!(core::mem::size_of::<KnockEvent>() == 64);
 const _: () = assert!(core::mem::align_of::<KnockEvent>() == 8);
 
 #[cfg(feature = "user")]
@@ -164,4 +197,11 @@ mod pod {
     unsafe impl aya::Pod for KnockEvent {}
     unsafe impl aya::Pod for AllowKey {}
     unsafe impl aya::Pod for AllowValue {}
+    unsafe impl aya::Pod for StepDoors {}
+    unsafe impl aya::Pod for KernelConfig {}
+    unsafe impl aya::Pod for SweepSlot {}
+    unsafe impl aya::Pod for ActiveKey {}
 }
+
+pub mod steps;
+pub use steps::*;

@@ -6,8 +6,10 @@
 #![no_std]
 #![no_main]
 
+mod first_step;
 mod gate;
 mod parse;
+mod sweep;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -17,8 +19,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use knockd_common::{
-    counter, port_slot, AddrMark, KnockEvent, PortRule, FAMILY_V4, MAX_LOCAL_ADDRS, PORT_KNOCK, PORT_SLOTS,
-    PORT_STEALTH, PROTO_TCP, RING_BYTES,
+    counter, port_slot, AddrMark, KnockEvent, PortRule, ADDR_LOCAL, EVENT_KNOCK, FAMILY_V4, MAX_LOCAL_ADDRS,
+    PORT_KNOCK, PORT_SLOTS, PORT_STEALTH, PROTO_TCP, RING_BYTES,
 };
 use parse::{locate_l4, ptr_at, read_be16, read_u8, Stop, L4};
 
@@ -58,14 +60,15 @@ fn try_xknock(ctx: &XdpContext) -> Option<u32> {
     // A plain array load: a concurrent update gives the old or new rule.
     if let Some(rule) = KNOCK_RULES.get(slot) {
         if rule.flags & PORT_KNOCK != 0 {
-            return knock(ctx, &l4, rule, dst_port, flags);
+            return knock(ctx, &l4, rule, slot, dst_port, flags);
         }
     }
+    sweep::check(ctx, &l4, dst_port, flags);
     gate::check(ctx, &l4, slot, dst_port, flags)
 }
 
 #[inline(always)]
-fn knock(ctx: &XdpContext, l4: &L4, rule: &PortRule, dst_port: u16, flags: u8) -> Option<u32> {
+fn knock(ctx: &XdpContext, l4: &L4, rule: &PortRule, slot: u32, dst_port: u16, flags: u8) -> Option<u32> {
     if l4.proto == PROTO_TCP && !flags_match(rule, flags) {
         bump(counter::FLAG_MISMATCH);
         return None;
@@ -80,7 +83,11 @@ fn knock(ctx: &XdpContext, l4: &L4, rule: &PortRule, dst_port: u16, flags: u8) -
     ev.proto = l4.proto;
     ev.tcp_flags = flags;
     ev.ifindex = ctx.ingress_ifindex() as u32;
-    emit(ev);
+    // SAFETY: a helper call with no arguments and no side effects.
+    // The coarse clock (one tick) costs a few ns where the precise one
+    // costs ~30; sequence timeouts are seconds.
+    ev.ts_ns = unsafe { bpf_ktime_get_coarse_ns() };
+    first_step::route(&mut ev, slot);
     if rule.flags & PORT_STEALTH != 0 {
         bump(counter::STEALTH_DROP);
         return Some(xdp_action::XDP_DROP);
@@ -95,7 +102,7 @@ fn flags_match(rule: &PortRule, flags: u8) -> bool {
 
 /// Copies the addresses out of the IP header into a fresh event.
 #[inline(always)]
-fn event_addrs(ctx: &XdpContext, l4: &L4) -> Option<KnockEvent> {
+pub(crate) fn event_addrs(ctx: &XdpContext, l4: &L4) -> Option<KnockEvent> {
     let mut ev = KnockEvent {
         ts_ns: 0,
         src: [0; 16],
@@ -106,7 +113,13 @@ fn event_addrs(ctx: &XdpContext, l4: &L4) -> Option<KnockEvent> {
         proto: 0,
         family: l4.family,
         tcp_flags: 0,
-        _pad: [0; 5],
+        kind: EVENT_KNOCK,
+        first_port: 0,
+        first_proto: 0,
+        first_flags: 0,
+        first_ms: 0,
+        door: 0,
+        count: 0,
     };
     // SAFETY (both arms): ptr_at bounds-checked the whole array.
     if l4.family == FAMILY_V4 {
@@ -121,25 +134,35 @@ fn event_addrs(ctx: &XdpContext, l4: &L4) -> Option<KnockEvent> {
     Some(ev)
 }
 
+/// A local address or a door's target.
 #[inline(always)]
 fn is_local(l4: &L4, dst: &[u8; 16]) -> bool {
-    if l4.family == FAMILY_V4 {
-        let key = [dst[0], dst[1], dst[2], dst[3]];
-        LOCAL_V4.get_ptr(key).is_some()
-    } else {
-        LOCAL_V6.get_ptr(*dst).is_some()
-    }
+    addr_mark(l4, dst).is_some()
 }
 
 #[inline(always)]
-fn emit(mut ev: KnockEvent) {
+fn addr_mark(l4: &L4, dst: &[u8; 16]) -> Option<u8> {
+    // SAFETY (both arms): plain data; a racing update gives old or new.
+    if l4.family == FAMILY_V4 {
+        let key = [dst[0], dst[1], dst[2], dst[3]];
+        LOCAL_V4.get_ptr(key).map(|m| unsafe { (*m).kind })
+    } else {
+        LOCAL_V6.get_ptr(*dst).map(|m| unsafe { (*m).kind })
+    }
+}
+
+/// One of this host's own addresses (not only a door's target).
+#[inline(always)]
+pub(crate) fn is_host(l4: &L4, dst: &[u8; 16]) -> bool {
+    addr_mark(l4, dst).is_some_and(|k| k & ADDR_LOCAL != 0)
+}
+
+/// Sends `ev` to the daemon; `ts_ns` must be set.
+#[inline(always)]
+pub(crate) fn emit(ev: &KnockEvent) {
     match EVENTS.reserve::<KnockEvent>(0) {
         Some(mut slot) => {
-            // SAFETY: a helper call with no arguments and no side effects.
-            // The coarse clock (one tick) costs a few ns where the precise one
-            // costs ~30; sequence timeouts are seconds.
-            ev.ts_ns = unsafe { bpf_ktime_get_coarse_ns() };
-            slot.write(ev);
+            slot.write(*ev);
             slot.submit(0);
             bump(counter::KNOCK_HITS);
         }

@@ -7,7 +7,10 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use knockd_common::{KnockEvent, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use knockd_common::{
+    ms_of, KnockEvent, DOOR_ALL, EVENT_KNOCK, EVENT_PAIR, EVENT_SWEEP, FAMILY_V4, FAMILY_V6, PROTO_TCP,
+    PROTO_UDP,
+};
 use tokio::io::unix::AsyncFd;
 
 use crate::config::model::{Proto, Step};
@@ -23,6 +26,19 @@ pub struct KnockRecord {
     pub ifindex: u32,
     /// CLOCK_MONOTONIC time of the packet.
     pub at: Duration,
+    pub kind: RecordKind,
+}
+
+/// What the kernel says about the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A knock, as it came.
+    Knock,
+    /// A second step; the kernel held the door's first step until now.
+    Pair { door: u16, first: Step, first_flags: u8, first_at: Duration },
+    /// The sweep guard dropped the attempt the source had for `door`
+    /// (`None`: every attempt) after `count` packets to other ports.
+    Sweep { door: Option<u16>, count: u16 },
 }
 
 /// Decodes one ring-buffer record. Records of the wrong size or with an
@@ -38,9 +54,17 @@ pub fn decode(bytes: &[u8]) -> Option<KnockRecord> {
         FAMILY_V6 => (IpAddr::V6(Ipv6Addr::from(ev.src)), IpAddr::V6(Ipv6Addr::from(ev.dst))),
         _ => return None,
     };
-    let proto = match ev.proto {
-        PROTO_TCP => Proto::Tcp,
-        PROTO_UDP => Proto::Udp,
+    let proto = proto_of(ev.proto)?;
+    let at = Duration::from_nanos(ev.ts_ns);
+    let kind = match ev.kind {
+        EVENT_KNOCK => RecordKind::Knock,
+        EVENT_PAIR => RecordKind::Pair {
+            door: ev.door,
+            first: Step { port: ev.first_port, proto: proto_of(ev.first_proto)? },
+            first_flags: ev.first_flags,
+            first_at: first_at(at, ev.ts_ns, ev.first_ms),
+        },
+        EVENT_SWEEP => RecordKind::Sweep { door: (ev.door != DOOR_ALL).then_some(ev.door), count: ev.count },
         _ => return None,
     };
     Some(KnockRecord {
@@ -50,8 +74,26 @@ pub fn decode(bytes: &[u8]) -> Option<KnockRecord> {
         src_port: ev.src_port,
         tcp_flags: ev.tcp_flags,
         ifindex: ev.ifindex,
-        at: Duration::from_nanos(ev.ts_ns),
+        at,
+        kind,
     })
+}
+
+fn proto_of(number: u8) -> Option<Proto> {
+    match number {
+        PROTO_TCP => Some(Proto::Tcp),
+        PROTO_UDP => Some(Proto::Udp),
+        _ => None,
+    }
+}
+
+/// The first step's time: the kernel keeps it in wrapping milliseconds,
+/// so it is this packet's time less the age in milliseconds. The kernel
+/// paired the two only if that age is under the door's timeout, and so
+/// the tracker, replaying both, finds the same.
+fn first_at(at: Duration, ts_ns: u64, first_ms: u32) -> Duration {
+    let age = ms_of(ts_ns).wrapping_sub(first_ms);
+    at.saturating_sub(Duration::from_millis(u64::from(age)))
 }
 
 fn v4(b: &[u8; 16]) -> Ipv4Addr {
@@ -121,7 +163,13 @@ mod tests {
             proto,
             family,
             tcp_flags: 0x02,
-            _pad: [0; 5],
+            kind: EVENT_KNOCK,
+            first_port: 0,
+            first_proto: 0,
+            first_flags: 0,
+            first_ms: 0,
+            door: 0,
+            count: 0,
         }
     }
 
@@ -142,6 +190,38 @@ mod tests {
         let r = decode(&raw(&ev)).unwrap();
         assert_eq!(r.src, "fd00::2".parse::<IpAddr>().unwrap());
         assert_eq!(r.step.proto, Proto::Udp);
+    }
+
+    #[test]
+    fn a_pair_carries_its_first_step_and_its_age() {
+        let mut ev = event(FAMILY_V4, PROTO_TCP);
+        ev.kind = EVENT_PAIR;
+        (ev.first_port, ev.first_proto, ev.first_flags, ev.door) = (6000, PROTO_UDP, 0, 3);
+        // 1.5 s is 1500 ms; the first step came 1200 ms earlier.
+        ev.first_ms = 300;
+        let r = decode(&raw(&ev)).unwrap();
+        let first = Step { port: 6000, proto: Proto::Udp };
+        let want = RecordKind::Pair { door: 3, first, first_flags: 0, first_at: Duration::from_millis(300) };
+        assert_eq!(r.kind, want);
+        assert_eq!(r.step.port, 7000);
+    }
+
+    #[test]
+    fn a_wrapped_first_time_still_gives_the_age() {
+        // The millisecond clock wrapped between the two steps.
+        let at = Duration::from_millis(u64::from(u32::MAX) + 11);
+        assert_eq!(first_at(at, at.as_nanos() as u64, u32::MAX - 5), at - Duration::from_millis(16));
+    }
+
+    #[test]
+    fn a_sweep_record_names_its_door_or_all() {
+        let mut ev = event(FAMILY_V4, PROTO_TCP);
+        (ev.kind, ev.door, ev.count) = (EVENT_SWEEP, DOOR_ALL, 3);
+        assert_eq!(decode(&raw(&ev)).unwrap().kind, RecordKind::Sweep { door: None, count: 3 });
+        ev.door = 1;
+        assert_eq!(decode(&raw(&ev)).unwrap().kind, RecordKind::Sweep { door: Some(1), count: 3 });
+        ev.kind = 9;
+        assert!(decode(&raw(&ev)).is_none());
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod iface;
 mod links;
 mod pins;
 mod slots;
+mod steps;
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
@@ -21,6 +22,7 @@ use aya::{
 pub use iface::{ifindex, require_ethernet};
 use knockd_common::{counter, port_slot, AddrMark, PortKey, PortRule, PORT_KNOCK};
 pub use links::{LinkEvent, Pinned};
+pub use steps::Tables;
 use thiserror::Error;
 
 /// The XDP object, built by build.rs for the BPF target.
@@ -71,6 +73,18 @@ pub struct Counters {
     pub gate_pass: u64,
     pub stealth_drop: u64,
     pub unclassified_drop: u64,
+    /// First steps kept in the kernel with no event.
+    pub first_step: u64,
+    /// Events carrying a first and a second step.
+    pub pairs: u64,
+    /// Later steps from sources with no live first step: no event.
+    pub orphan_step: u64,
+    /// New connections to other ports counted by the sweep guard.
+    pub sweep_counted: u64,
+    /// Sources whose attempts the sweep guard dropped.
+    pub sweep_dropped: u64,
+    /// Pairs whose source found `ACTIVE` full.
+    pub active_full: u64,
 }
 
 pub struct XdpKnocker {
@@ -81,6 +95,8 @@ pub struct XdpKnocker {
     pins: Option<PathBuf>,
     /// What KNOCK_RULES holds, so a sync touches only changed slots.
     knock_slots: BTreeMap<u32, PortRule>,
+    /// The sizes loaded and the seeds drawn for the first-step tables.
+    tables: steps::Loaded,
 }
 
 impl XdpKnocker {
@@ -90,7 +106,7 @@ impl XdpKnocker {
     pub fn load(pins: Option<&Path>) -> Result<Self, BpfError> {
         match pins {
             Some(dir) => Self::load_in(dir, true),
-            None => Self::load_with(None, false),
+            None => Self::load_with(None, false, Tables::default()),
         }
     }
 
@@ -99,12 +115,19 @@ impl XdpKnocker {
     /// earlier run left there must be found). With `gate`, pinned gate maps
     /// are adopted with their windows, or created and pinned.
     pub fn load_in(bpffs_dir: &Path, gate: bool) -> Result<Self, BpfError> {
-        Self::load_with(Some(bpffs_dir), gate)
+        Self::load_with(Some(bpffs_dir), gate, Tables::default())
     }
 
-    fn load_with(dir: Option<&Path>, gate: bool) -> Result<Self, BpfError> {
+    /// Like [`XdpKnocker::load_in`], with the first-step tables sized by
+    /// `tables` (fixed for the program's lifetime).
+    pub fn load_sized(dir: Option<&Path>, gate: bool, tables: Tables) -> Result<Self, BpfError> {
+        Self::load_with(dir, gate, tables)
+    }
+
+    fn load_with(dir: Option<&Path>, gate: bool, tables: Tables) -> Result<Self, BpfError> {
         raise_memlock();
         let mut loader = EbpfLoader::new();
+        let sized = tables.size(&mut loader);
         let map_paths: Vec<(&str, PathBuf)> = match dir.filter(|_| gate) {
             Some(dir) => {
                 pins::ensure_bpffs(dir)
@@ -118,12 +141,15 @@ impl XdpKnocker {
         }
         let mut ebpf = loader.load(XDP_OBJECT)?;
         program_mut(&mut ebpf)?.load()?;
-        Ok(Self {
+        let mut knocker = Self {
             ebpf,
             links: links::Links::default(),
             pins: dir.map(Path::to_path_buf),
             knock_slots: BTreeMap::new(),
-        })
+            tables: sized,
+        };
+        knocker.write_step_config()?;
+        Ok(knocker)
     }
 
     /// Attaches to `iface` and holds the link; returns the mode that worked.
@@ -231,6 +257,12 @@ impl XdpKnocker {
             gate_pass: sum(counter::GATE_PASS)?,
             stealth_drop: sum(counter::STEALTH_DROP)?,
             unclassified_drop: sum(counter::UNCLASSIFIED_DROP)?,
+            first_step: sum(counter::FIRST_STEP)?,
+            pairs: sum(counter::PAIRS)?,
+            orphan_step: sum(counter::ORPHAN_STEP)?,
+            sweep_counted: sum(counter::SWEEP_COUNTED)?,
+            sweep_dropped: sum(counter::SWEEP_DROPPED)?,
+            active_full: sum(counter::ACTIVE_FULL)?,
         })
     }
 

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use super::{
     error::ConfigError,
     model::{
-        Backend, Door, Options, TcpFlags, DEFAULT_BPFFS_DIR, DEFAULT_CMD_TIMEOUT, DEFAULT_MAX_SOURCES,
-        DEFAULT_OPEN_BURST, DEFAULT_OPEN_RATE, DEFAULT_SEQ_TIMEOUT,
+        Backend, Door, Options, TcpFlags, DEFAULT_BPFFS_DIR, DEFAULT_CMD_TIMEOUT, DEFAULT_FIRST_STEP_SLOTS,
+        DEFAULT_MAX_SOURCES, DEFAULT_OPEN_BURST, DEFAULT_OPEN_RATE, DEFAULT_SEQ_TIMEOUT, DEFAULT_SWEEP_LIMIT,
     },
     one_time::LiveLine,
 };
@@ -107,5 +107,7 @@ pub(crate) fn default_options() -> Options {
         bpffs_dir: PathBuf::from(DEFAULT_BPFFS_DIR),
         open_rate: DEFAULT_OPEN_RATE,
         open_burst: DEFAULT_OPEN_BURST,
+        first_step_slots: DEFAULT_FIRST_STEP_SLOTS,
+        sweep_limit: Some(DEFAULT_SWEEP_LIMIT),
     }
 }

@@ -7,8 +7,9 @@ use std::{fmt::Write, path::Path, time::Duration};
 
 use super::{
     model::{
-        Config, Door, OpenAction, Options, Step, DEFAULT_BPFFS_DIR, DEFAULT_CMD_TIMEOUT, DEFAULT_MAX_SOURCES,
-        DEFAULT_OPEN_BURST, DEFAULT_OPEN_RATE,
+        Config, Door, OpenAction, Options, Step, DEFAULT_BPFFS_DIR, DEFAULT_CMD_TIMEOUT,
+        DEFAULT_FIRST_STEP_SLOTS, DEFAULT_MAX_SOURCES, DEFAULT_OPEN_BURST, DEFAULT_OPEN_RATE,
+        DEFAULT_SWEEP_LIMIT,
     },
     values::{backend_name, format_tcp_flags},
 };
@@ -58,6 +59,13 @@ fn emit_options(out: &mut String, options: &Options) {
     }
     if options.open_burst != DEFAULT_OPEN_BURST {
         line(&mut body, 2, "open_burst", &options.open_burst.to_string());
+    }
+    if options.first_step_slots != DEFAULT_FIRST_STEP_SLOTS {
+        line(&mut body, 2, "first_step_slots", &options.first_step_slots.to_string());
+    }
+    if options.sweep_limit != Some(DEFAULT_SWEEP_LIMIT) {
+        let limit = options.sweep_limit.map_or_else(|| "off".to_string(), |l| l.to_string());
+        line(&mut body, 2, "sweep_limit", &limit);
     }
     if !body.is_empty() {
         out.push_str("options:\n");

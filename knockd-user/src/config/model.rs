@@ -118,6 +118,13 @@ pub struct Options {
     /// Opens a door may make at once before `open_rate` applies (YAML `open_burst`,
     /// default [`DEFAULT_OPEN_BURST`], at least 1).
     pub open_burst: u32,
+    /// Slots of the kernel's first-step table (YAML `first_step_slots`, a
+    /// power of two, default [`DEFAULT_FIRST_STEP_SLOTS`]); fixed at start.
+    pub first_step_slots: u32,
+    /// New connections to other ports a knocking source may make before
+    /// its attempts are dropped (YAML `sweep_limit`, default
+    /// [`DEFAULT_SWEEP_LIMIT`]); `None` (`off`) is knockd's behaviour.
+    pub sweep_limit: Option<u32>,
 }
 
 /// Where a config came from, so reloads and error messages can name it.
@@ -143,3 +150,8 @@ pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/xknockd";
 pub const MAX_SEQUENCE_LEN: usize = 32;
 pub const DEFAULT_OPEN_RATE: u32 = 10;
 pub const DEFAULT_OPEN_BURST: u32 = 20;
+/// 2^20 slots of 4 bytes: 4 MiB.
+pub const DEFAULT_FIRST_STEP_SLOTS: u32 = 1 << 20;
+pub const MIN_FIRST_STEP_SLOTS: u32 = 1 << 10;
+pub const MAX_FIRST_STEP_SLOTS: u32 = 1 << 28;
+pub const DEFAULT_SWEEP_LIMIT: u32 = 2;

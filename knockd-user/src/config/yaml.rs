@@ -10,7 +10,7 @@ use super::{
     model::{OpenAction, Options},
     yaml_de::{
         AtLeastOneDe, BackendDe, DurationDe, InterfacesDe, MaxSourcesDe, OpenPortDe, OrderedMap, SequenceDe,
-        TargetDe, TcpFlagsDe, MARK,
+        SlotsDe, SweepLimitDe, TargetDe, TcpFlagsDe, MARK,
     },
     yaml_lines::KeyLines,
 };
@@ -53,6 +53,8 @@ struct RawOptions {
     bpffs_dir: Option<PathBuf>,
     open_rate: Option<AtLeastOneDe>,
     open_burst: Option<AtLeastOneDe>,
+    first_step_slots: Option<SlotsDe>,
+    sweep_limit: Option<SweepLimitDe>,
 }
 
 #[derive(Default, Deserialize)]
@@ -110,6 +112,8 @@ fn convert_options(raw: RawOptions) -> Options {
         bpffs_dir: raw.bpffs_dir.unwrap_or(defaults.bpffs_dir),
         open_rate: raw.open_rate.map_or(defaults.open_rate, |r| r.0),
         open_burst: raw.open_burst.map_or(defaults.open_burst, |b| b.0),
+        first_step_slots: raw.first_step_slots.map_or(defaults.first_step_slots, |s| s.0),
+        sweep_limit: raw.sweep_limit.map_or(defaults.sweep_limit, |s| s.0),
     }
 }
 

@@ -131,6 +131,40 @@ fn at_least_one(n: i128) -> Result<u32, String> {
     }
 }
 
+scalar_type!(SlotsDe, u32, "a power of two", Some(first_step_slots), |s| s
+    .trim()
+    .parse::<i128>()
+    .map_err(|_| format!("`{s}` is not a whole number"))
+    .and_then(first_step_slots));
+
+fn first_step_slots(n: i128) -> Result<u32, String> {
+    use super::model::{MAX_FIRST_STEP_SLOTS, MIN_FIRST_STEP_SLOTS};
+    match u32::try_from(n) {
+        Ok(n) if n.is_power_of_two() && (MIN_FIRST_STEP_SLOTS..=MAX_FIRST_STEP_SLOTS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "first_step_slots must be a power of two from {MIN_FIRST_STEP_SLOTS} to {MAX_FIRST_STEP_SLOTS}, not {n}"
+        )),
+    }
+}
+
+scalar_type!(
+    SweepLimitDe,
+    Option<u32>,
+    "a number of packets or `off`",
+    Some(sweep_limit),
+    |s| match s.trim() {
+        "off" => Ok(None),
+        n => n.parse::<i128>().map_err(|_| format!("`{s}` is not a number or `off`")).and_then(sweep_limit),
+    }
+);
+
+fn sweep_limit(n: i128) -> Result<Option<u32>, String> {
+    match u16::try_from(n) {
+        Ok(n) if n < u16::MAX => Ok(Some(u32::from(n))),
+        _ => Err(format!("sweep_limit must be `off` or a number from 0 to {}, not {n}", u16::MAX - 1)),
+    }
+}
+
 /// `sequence`: a list of steps; also knockd's `"7000,8000:udp"` string or one bare port.
 pub(super) struct SequenceDe(pub Vec<Step>);
 

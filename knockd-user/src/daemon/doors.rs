@@ -7,7 +7,10 @@ use std::{
     sync::Arc,
 };
 
-use knockd_common::{PortKey, PortRule, ADDR_LOCAL, ADDR_TARGET, PORT_STEALTH};
+use knockd_common::{
+    port_slot, FirstOf, PortKey, PortRule, SecondOf, StepDoors, ADDR_LOCAL, ADDR_TARGET, DOOR_ALL,
+    MAX_STEP_DOORS, PORT_STEALTH,
+};
 
 use crate::{
     config::model::{Config, Door, Proto},
@@ -49,6 +52,83 @@ pub fn kernel_ports(cfg: &Config) -> BTreeMap<PortKey, PortRule> {
         }
     }
     out
+}
+
+/// What the kernel knows of each knock port's doors, so it can keep first
+/// steps to itself; and the doors it cannot describe, whose knocks all
+/// reach the daemon as before (correct, but not flood-proof).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KernelSteps {
+    pub ports: BTreeMap<u32, StepDoors>,
+    pub undescribed: Vec<String>,
+}
+
+/// Door ids are indexes in `cfg.doors`. In config order, each door with
+/// two or more steps takes an entry at its first and second ports; a door
+/// that finds either full, has an id or timeout the kernel cannot hold,
+/// reports every knock on all its ports instead, as single-step doors do.
+pub fn kernel_steps(cfg: &Config) -> KernelSteps {
+    let mut out = KernelSteps::default();
+    let mut emit: BTreeSet<u32> = BTreeSet::new();
+    for (id, door) in cfg.doors.iter().enumerate() {
+        let slot = |i: usize| port_slot(door.sequence[i].port, door.sequence[i].proto.number());
+        match door.sequence.len() {
+            0 => continue,
+            1 => {
+                emit.insert(slot(0));
+                continue;
+            }
+            _ => {}
+        }
+        if describe(&mut out.ports, door, id, slot(0), slot(1)) {
+            // Later steps need an entry too, if only to say "no role here":
+            // a port with none reports every knock.
+            for i in 2..door.sequence.len() {
+                out.ports.entry(slot(i)).or_default();
+            }
+        } else {
+            out.undescribed.push(door.name.clone());
+            emit.extend((0..door.sequence.len()).map(slot));
+        }
+    }
+    for slot in emit {
+        out.ports.entry(slot).or_default().emit = 1;
+    }
+    out
+}
+
+fn describe(ports: &mut BTreeMap<u32, StepDoors>, door: &Door, id: usize, first: u32, second: u32) -> bool {
+    let (Ok(id), Ok(timeout_ms)) = (u16::try_from(id), u32::try_from(door.seq_timeout.as_millis())) else {
+        return false;
+    };
+    let full = |slot: u32, f: fn(&StepDoors) -> u8| {
+        ports.get(&slot).is_some_and(|d| f(d) as usize >= MAX_STEP_DOORS)
+    };
+    if id == DOOR_ALL || full(first, |d| d.n_first) || full(second, |d| d.n_second) {
+        return false;
+    }
+    let flags = |step: usize| match door.sequence[step].proto {
+        Proto::Tcp => (door.tcp_flags.must_set, door.tcp_flags.must_clear),
+        Proto::Udp => (0, 0),
+    };
+    let (must_set, must_clear) = flags(0);
+    let f = ports.entry(first).or_default();
+    f.first[f.n_first as usize] = FirstOf { door: id, must_set, must_clear, timeout_ms };
+    f.n_first += 1;
+    let (must_set, must_clear) = flags(1);
+    let step = door.sequence[0];
+    let s = ports.entry(second).or_default();
+    s.second[s.n_second as usize] = SecondOf {
+        door: id,
+        must_set,
+        must_clear,
+        timeout_ms,
+        first_port: step.port,
+        first_proto: step.proto.number(),
+        first_flags: flags(0).0,
+    };
+    s.n_second += 1;
+    true
 }
 
 /// The address maps: the host's addresses plus every door target. With
@@ -108,6 +188,8 @@ mod tests {
                 bpffs_dir: PathBuf::from("/sys/fs/bpf/xknockd"),
                 open_rate: 10,
                 open_burst: 20,
+                first_step_slots: 1 << 20,
+                sweep_limit: Some(2),
             },
             doors,
         }
@@ -170,6 +252,54 @@ mod tests {
         assert_eq!(m[&"fd00::1".parse().unwrap()], ADDR_LOCAL);
         let v4 = kernel_addrs(&local, &doors, true);
         assert!(v4.keys().all(IpAddr::is_ipv4) && v4.len() == 2);
+    }
+
+    fn steps(doors: Vec<Door>) -> KernelSteps {
+        kernel_steps(&cfg(doors, false))
+    }
+
+    #[test]
+    fn a_door_is_described_at_its_first_two_ports() {
+        let d = door("a", &[(7000, Proto::Tcp), (8000, Proto::Udp), (9000, Proto::Tcp)], SYN_NOT_ACK, None);
+        let k = steps(vec![d]);
+        assert!(k.undescribed.is_empty());
+        assert_eq!(k.ports[&port_slot(9000, 6)], StepDoors::default(), "the third port has no role");
+        let first = &k.ports[&port_slot(7000, 6)];
+        assert_eq!((first.n_first, first.n_second, first.emit), (1, 0, 0));
+        assert_eq!(first.first[0], FirstOf { door: 0, must_set: 0x02, must_clear: 0x10, timeout_ms: 5000 });
+        let second = &k.ports[&port_slot(8000, 17)];
+        let want = SecondOf {
+            door: 0,
+            must_set: 0,
+            must_clear: 0,
+            timeout_ms: 5000,
+            first_port: 7000,
+            first_proto: 6,
+            first_flags: 0x02,
+        };
+        assert_eq!((second.n_second, second.second[0]), (1, want));
+    }
+
+    #[test]
+    fn single_step_ports_emit_and_a_fifth_door_on_a_port_is_undescribed() {
+        let mut doors = vec![door("one", &[(6000, Proto::Tcp)], SYN_ONLY, None)];
+        for i in 0..5 {
+            doors.push(door(&format!("d{i}"), &[(7000, Proto::Tcp), (8000 + i, Proto::Tcp)], SYN_ONLY, None));
+        }
+        let k = steps(doors);
+        assert_eq!(k.ports[&port_slot(6000, 6)].emit, 1);
+        assert_eq!(k.undescribed, vec!["d4".to_string()]);
+        let first = &k.ports[&port_slot(7000, 6)];
+        assert_eq!((first.n_first, first.emit), (4, 1), "the port the fifth door shares emits too");
+        assert_eq!(k.ports[&port_slot(8004, 6)].emit, 1);
+        assert_eq!(k.ports[&port_slot(8003, 6)].emit, 0);
+    }
+
+    #[test]
+    fn a_used_up_door_has_no_entry() {
+        let mut d = door("a", &[(7000, Proto::Tcp), (8000, Proto::Tcp)], SYN_ONLY, None);
+        d.sequence.clear();
+        assert_eq!(steps(vec![d]), KernelSteps::default());
     }
 
     /// The daemon relies on std's canonical form to make a mapped IPv6

@@ -274,6 +274,8 @@ pub(super) mod tests {
                 bpffs_dir: PathBuf::from("/nonexistent"),
                 open_rate: 10,
                 open_burst: 20,
+                first_step_slots: 1 << 20,
+                sweep_limit: Some(2),
             },
             doors: doors.iter().enumerate().map(|(i, d)| door(i, d)).collect(),
         }

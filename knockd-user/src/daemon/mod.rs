@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-pub use doors::{door_spec, kernel_addrs, kernel_ports};
+pub use doors::{door_spec, kernel_addrs, kernel_ports, kernel_steps, KernelSteps};
 
 use crate::{
     addrs::{local_addrs, AddrWatcher},

@@ -21,7 +21,7 @@ doors:
       backend: xdp
 ";
 
-fn round_trip(config: &Config) -> String {
+pub(super) fn round_trip(config: &Config) -> String {
     let text = to_yaml(config);
     let back = parse_str(&text, &config.path).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(back.format, Format::Yaml);

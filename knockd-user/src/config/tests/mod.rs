@@ -5,6 +5,7 @@ mod conf;
 mod disjoint;
 mod emit;
 mod one_time;
+mod steps;
 mod support;
 mod validate;
 mod yaml;
