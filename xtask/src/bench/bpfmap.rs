@@ -1,10 +1,10 @@
-//! Reads the XDP program's per-CPU counters out of a running xknockd.
+//! Reads a running xknockd's bpf maps: the XDP program's per-CPU counters,
+//! the XDP gate's windows (to time an open), and what each map charges.
 //!
 //! The daemon keeps its maps to itself (`XdpKnocker::counters()` is
 //! in-process), and xtask must not link knockd-user, so this finds the
-//! daemon's `COUNTERS` map through /proc/PID/fdinfo (which names each map fd's
-//! id) and reads it with three raw bpf(2) commands. Read-only: nothing here
-//! changes a map.
+//! daemon's maps through /proc/PID/fdinfo (which names each map fd's id) and
+//! reads them with raw bpf(2) commands. Read-only: nothing here changes a map.
 
 use std::{
     fs,
@@ -69,28 +69,11 @@ impl CounterMap {
     /// Finds the COUNTERS map among `pid`'s open bpf maps.
     pub fn of_pid(pid: u32) -> Result<Self> {
         let cpus = possible_cpus()?;
-        let dir = format!("/proc/{pid}/fd");
-        for entry in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))?.flatten() {
-            let Ok(link) = fs::read_link(entry.path()) else { continue };
-            if link.to_string_lossy() != "anon_inode:bpf-map" {
-                continue;
-            }
-            let info =
-                fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy()))
-                    .unwrap_or_default();
-            let field = |name: &str| -> Option<u32> {
-                info.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            };
-            if field("map_type:") != Some(BPF_MAP_TYPE_PERCPU_ARRAY) {
-                continue;
-            }
-            let Some(id) = field("map_id:") else { continue };
-            let fd = map_fd_by_id(id)?;
-            if map_name(&fd)? == "COUNTERS" {
-                return Ok(Self { fd, cpus });
-            }
+        let map = MapFd::of_pid(pid, "COUNTERS")?;
+        if map.map_type != BPF_MAP_TYPE_PERCPU_ARRAY {
+            bail!("COUNTERS of pid {pid} is not a per-CPU array");
         }
-        bail!("no COUNTERS map among the bpf maps of pid {pid}")
+        Ok(Self { fd: map.fd, cpus })
     }
 
     pub fn read(&self) -> Result<Counters> {
@@ -98,15 +81,102 @@ impl CounterMap {
         let mut values = vec![0u64; self.cpus];
         for (key, slot) in out.iter_mut().enumerate() {
             let key = key as u32;
-            let mut attr = [0u64; 16];
-            attr[0] = self.fd.as_raw_fd() as u64;
-            attr[1] = &key as *const u32 as u64;
-            attr[2] = values.as_mut_ptr() as u64;
-            bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).context("BPF_MAP_LOOKUP_ELEM on COUNTERS")?;
+            lookup(&self.fd, &key.to_ne_bytes(), bytes_of_mut(&mut values))
+                .context("BPF_MAP_LOOKUP_ELEM on COUNTERS")?;
             *slot = values.iter().sum();
         }
         Ok(Counters(out))
     }
+}
+
+/// One bpf map a process holds, opened through its id.
+pub struct MapFd {
+    pub fd: OwnedFd,
+    map_type: u32,
+}
+
+/// A bpf map a process holds, as /proc/PID/fdinfo and the kernel name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapMemory {
+    pub name: String,
+    /// `memlock:` of fdinfo: what the map charges, in bytes.
+    pub bytes: u64,
+}
+
+/// Every bpf map `pid` holds open, once each (a map may sit behind several
+/// fds), with its id and fdinfo text.
+fn maps_of_pid(pid: u32) -> Result<Vec<(u32, String)>> {
+    let dir = format!("/proc/{pid}/fd");
+    let mut seen = std::collections::BTreeMap::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))?.flatten() {
+        let Ok(link) = fs::read_link(entry.path()) else { continue };
+        if link.to_string_lossy() != "anon_inode:bpf-map" {
+            continue;
+        }
+        let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy()))
+            .unwrap_or_default();
+        if let Some(id) = fdinfo_field(&info, "map_id:") {
+            seen.entry(id as u32).or_insert(info);
+        }
+    }
+    Ok(seen.into_iter().collect())
+}
+
+fn fdinfo_field(info: &str, name: &str) -> Option<u64> {
+    info.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+impl MapFd {
+    /// Finds the map called `name` among `pid`'s open bpf maps.
+    pub fn of_pid(pid: u32, name: &str) -> Result<Self> {
+        for (id, info) in maps_of_pid(pid)? {
+            let Ok(fd) = map_fd_by_id(id) else { continue };
+            if map_name(&fd)? == name {
+                let map_type = fdinfo_field(&info, "map_type:").unwrap_or(0) as u32;
+                return Ok(Self { fd, map_type });
+            }
+        }
+        bail!("no {name} map among the bpf maps of pid {pid}")
+    }
+
+    /// Whether `key` is in the map (the value is read and dropped).
+    pub fn contains(&self, key: &[u8], value_len: usize) -> Result<bool> {
+        let mut value = vec![0u8; value_len];
+        match lookup(&self.fd, key, &mut value) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e).context("BPF_MAP_LOOKUP_ELEM"),
+        }
+    }
+}
+
+/// What each bpf map of `pid` charges (fdinfo `memlock`), by name.
+pub fn map_memory(pid: u32) -> Result<Vec<MapMemory>> {
+    let mut out = Vec::new();
+    for (id, info) in maps_of_pid(pid)? {
+        let name = match map_fd_by_id(id) {
+            Ok(fd) => map_name(&fd)?,
+            Err(_) => format!("id {id}"),
+        };
+        out.push(MapMemory { name, bytes: fdinfo_field(&info, "memlock:").unwrap_or(0) });
+    }
+    out.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.name.cmp(&b.name)));
+    Ok(out)
+}
+
+fn bytes_of_mut(v: &mut [u64]) -> &mut [u8] {
+    // SAFETY: u64s are plain bytes; the slice covers exactly their memory.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), std::mem::size_of_val(v)) }
+}
+
+/// BPF_MAP_LOOKUP_ELEM; `value` must be the map's value size (times the
+/// possible CPUs for per-CPU maps).
+fn lookup(fd: &OwnedFd, key: &[u8], value: &mut [u8]) -> std::io::Result<()> {
+    let mut attr = [0u64; 16];
+    attr[0] = fd.as_raw_fd() as u64;
+    attr[1] = key.as_ptr() as u64;
+    attr[2] = value.as_mut_ptr() as u64;
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map(|_| ())
 }
 
 fn map_fd_by_id(id: u32) -> Result<OwnedFd> {

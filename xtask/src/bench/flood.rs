@@ -34,8 +34,9 @@ pub enum Shape {
     KnockRange,
     /// (b) Non-knock ports only: 20000-29999.
     NonKnock,
-    /// The spoofed-source memory test: every frame is a first knock (7000)
-    /// from a new random source.
+    /// (c) Every frame a first knock (7000) from a new random source: the
+    /// shape that costs a tracker per frame unless the kernel absorbs it.
+    /// The memory test floods with it too.
     FirstStep,
 }
 
@@ -44,7 +45,7 @@ impl Shape {
         match self {
             Shape::KnockRange => "a",
             Shape::NonKnock => "b",
-            Shape::FirstStep => "first-step",
+            Shape::FirstStep => "c",
         }
     }
 
@@ -54,7 +55,7 @@ impl Shape {
                 "(a) SYNs from random sources to ports 6995-7004, 7995-8004, 8995-9004 (1 in 10 a knock port)"
             }
             Shape::NonKnock => "(b) SYNs from random sources to non-knock ports 20000-29999",
-            Shape::FirstStep => "SYNs from random sources, all to the first knock port 7000",
+            Shape::FirstStep => "(c) SYNs from random sources, all to the first knock port 7000",
         }
     }
 

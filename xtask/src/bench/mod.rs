@@ -4,7 +4,9 @@
 //! 1. Per-packet cost of the XDP program (BPF_PROG_TEST_RUN, medians over
 //!    rounds, against the empty program of the same object).
 //! 2. Floods over veth between two throwaway namespaces, side by side with
-//!    knockd: sequences opened, CPU, softirq, drops, latency, memory.
+//!    knockd: sequences opened, CPU, softirq, drops, latency, memory; and
+//!    the knock-to-open latency of `open:` doors on nftables and xdp, timed
+//!    to the kernel state change.
 //!
 //! Writes `target/bench/{bench.md,bench.png,results.json}` and prints a
 //! summary. `--quick` runs the same code paths in well under a minute and is
@@ -13,12 +15,15 @@
 //! interfaces and firewall are never touched.
 
 mod bpfmap;
+mod chart;
 mod flood;
 mod report;
 mod rig;
 mod scenario;
 mod stats;
+mod targets;
 mod testrun;
+mod watch;
 
 use std::time::{Duration, Instant};
 
@@ -27,7 +32,7 @@ use anyhow::{bail, Result};
 use crate::{bin_dir, build, is_root, setup, workspace_root};
 use flood::Shape;
 use rig::{Kind, Rig};
-use scenario::{FloodRun, MemRun, Params};
+use scenario::{Case, FloodRun, MemRun, Params};
 
 /// Sizes of one bench run.
 pub struct Plan {
@@ -35,7 +40,7 @@ pub struct Plan {
     pub testrun: testrun::Sizes,
     pub flood: Params,
     pub trials: usize,
-    pub shapes: Vec<Shape>,
+    pub cases: Vec<Case>,
     /// Also run xknockd with logging off (shape a: what knockd's per-knock
     /// log lines cost) and in native mode (where the veth drops frames; the
     /// default `auto` attaches in skb mode on veth).
@@ -58,7 +63,7 @@ impl Plan {
                     threads,
                 },
                 trials: 1,
-                shapes: vec![Shape::KnockRange, Shape::NonKnock],
+                cases: cases(),
                 variants: false,
                 mem_phase: Duration::from_secs(1),
             }
@@ -74,13 +79,27 @@ impl Plan {
                     threads,
                 },
                 trials: 3,
-                shapes: vec![Shape::KnockRange, Shape::NonKnock],
+                cases: cases(),
                 variants: true,
                 mem_phase: Duration::from_secs(5),
             }
         }
     }
 }
+
+/// Shapes (a) and (b) with knock's timing; (c) with it and with 200 ms
+/// between knocks (a first step that waits in the kernel while the flood runs).
+fn cases() -> Vec<Case> {
+    vec![
+        Case::new(Shape::KnockRange, 0),
+        Case::new(Shape::NonKnock, 0),
+        Case::new(Shape::FirstStep, 0),
+        Case::new(Shape::FirstStep, SLOW_KNOCK_MS),
+    ]
+}
+
+/// `knock -d 200` / `xknock -d 200`.
+pub const SLOW_KNOCK_MS: u64 = 200;
 
 pub struct Results {
     pub plan: Plan,
@@ -125,40 +144,12 @@ pub fn run(quick: bool, from_test: bool) -> Result<()> {
     ));
     let mut floods = Vec::new();
     for trial in 0..plan.trials {
-        for &shape in &plan.shapes {
-            // xknockd as fast as the generator goes; the others at its rate.
-            let ours = scenario::flood_run(&rig, Kind::Xknockd, shape, trial, None, &plan.flood)?;
-            let pace = Some(ours.gen.rate());
-            progress(&ours);
-            floods.push(ours);
-            let theirs = scenario::flood_run(&rig, Kind::Knockd, shape, trial, pace, &plan.flood)?;
-            progress(&theirs);
-            floods.push(theirs);
-            if plan.variants {
-                // Same rate: without knockd's log lines, and with XDP forced native.
-                let mut kinds = vec![Kind::XknockdNative];
-                if shape == Shape::KnockRange {
-                    kinds.insert(0, Kind::XknockdQuiet);
-                }
-                for kind in kinds {
-                    let run = scenario::flood_run(&rig, kind, shape, trial, pace, &plan.flood)?;
-                    progress(&run);
-                    floods.push(run);
-                }
-            }
-            if shape == Shape::NonKnock {
-                // Where the softirq goes: the veth alone, then with an empty
-                // XDP program, at the same rate.
-                for kind in [Kind::Bare, Kind::EmptyXdp] {
-                    let run = scenario::flood_run(&rig, kind, shape, trial, pace, &plan.flood)?;
-                    progress(&run);
-                    floods.push(run);
-                }
-            }
+        for &case in &plan.cases {
+            flood_case(&rig, &plan, case, trial, &mut floods)?;
         }
     }
 
-    say(&format!("memory: spoofed first-knock flood, 2 x {} s", plan.mem_phase.as_secs_f64()));
+    say(&format!("memory: spoofed first-step flood, 2 x {} s", plan.mem_phase.as_secs_f64()));
     let mut mem = Vec::new();
     let ours = scenario::mem_run(&rig, Kind::Xknockd, plan.mem_phase, None, plan.flood.threads)?;
     let pace = Some(ours.sent[0] as f64 / plan.mem_phase.as_secs_f64());
@@ -173,11 +164,45 @@ pub fn run(quick: bool, from_test: bool) -> Result<()> {
     Ok(())
 }
 
+/// One case of one trial: xknockd as fast as the generator goes, then the
+/// others at the rate it reached.
+fn flood_case(rig: &Rig, plan: &Plan, case: Case, trial: usize, floods: &mut Vec<FloodRun>) -> Result<()> {
+    let mut run = |kind: Kind, pace: Option<f64>| -> Result<f64> {
+        let r = scenario::flood_run(rig, kind, case, trial, pace, &plan.flood)?;
+        progress(&r);
+        let rate = r.gen.rate();
+        floods.push(r);
+        Ok(rate)
+    };
+    let pace = Some(run(Kind::Xknockd, None)?);
+    run(Kind::Knockd, pace)?;
+    let mut kinds = Vec::new();
+    match case.shape {
+        // Without knockd's log lines, and with XDP forced native.
+        Shape::KnockRange if plan.variants => kinds.extend([Kind::XknockdQuiet, Kind::XknockdNative]),
+        Shape::NonKnock => {
+            if plan.variants {
+                kinds.push(Kind::XknockdNative);
+            }
+            // Where the softirq goes: the veth alone, then with an empty XDP
+            // program, at the same rate.
+            kinds.extend([Kind::Bare, Kind::EmptyXdp]);
+        }
+        // `open:` doors, timed to the kernel state change.
+        Shape::FirstStep if case.delay_ms == 0 => kinds.extend([Kind::XknockdNft, Kind::XknockdXdp]),
+        _ => {}
+    }
+    for kind in kinds {
+        run(kind, pace)?;
+    }
+    Ok(())
+}
+
 fn progress(r: &FloodRun) {
     say(&format!(
-        "  trial {} shape {} {:<13} {:>5.2} Mpps, delivered {:>9}, opened {}/{}, daemon CPU {:.2} s, softirq {:.2} s",
+        "  trial {} shape {:<8} {:<14} {:>5.2} Mpps, delivered {:>9}, opened {}/{}, daemon CPU {:.2} s, softirq {:.2} s",
         r.trial + 1,
-        r.shape.key(),
+        r.case.key(),
         r.kind.key(),
         r.gen.rate() / 1e6,
         r.delivered(),

@@ -9,18 +9,20 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use xknock_tests::{
     daemon::TempDir,
-    netns::{ChildGuard, NetPair, SERVER_V4},
+    netns::{BpffsMount, ChildGuard, NetPair, SERVER_V4},
     wait_until,
 };
 
-use super::bpfmap::{CounterMap, Counters};
+use super::{
+    bpfmap::{self, CounterMap, Counters, MapMemory},
+    watch::{AllowPoller, Fifo, NftMonitor, Opens},
+};
 
 /// The sources the real knocks come from: one per sequence, all on the client
 /// veth, so every OPEN can be matched to the sequence that caused it.
@@ -58,9 +60,10 @@ impl Rig {
     }
 
     /// Sends one knock sequence (7000 8000 9000) with our `xknock` client from
-    /// source `src`, and returns when its last knock left, as read from
-    /// `xknock -v` (it prints each hit just before sending it).
-    pub fn knock(&self, src: Ipv4Addr) -> Result<Instant> {
+    /// source `src`, `delay_ms` apart (`-d`, 0 is knock's default), and
+    /// returns when its last knock left, as read from `xknock -v` (it prints
+    /// each hit just before sending it). `opens` is armed at that moment.
+    pub fn knock(&self, src: Ipv4Addr, delay_ms: u64, opens: &Opens) -> Result<Instant> {
         self.pair.in_ns(
             &self.pair.client,
             &[
@@ -75,12 +78,15 @@ impl Rig {
             ],
         )?;
         let mut cmd = self.pair.client_cmd(self.bin_dir.join("xknock").to_str().context("utf-8")?);
-        cmd.args(["-v", SERVER_V4, "7000", "8000", "9000"]).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(["-v", "-d", &delay_ms.to_string(), SERVER_V4, "7000", "8000", "9000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = ChildGuard(cmd.spawn().context("spawning xknock")?);
         let mut sent = None;
         for line in BufReader::new(child.0.stdout.take().context("stdout")?).lines().map_while(Result::ok) {
             if line.contains(":9000") {
                 sent = Some(Instant::now());
+                opens.arm(src);
             }
         }
         let status = child.0.wait()?;
@@ -157,6 +163,11 @@ pub enum Kind {
     XknockdNative,
     /// Debian's knockd 0.8, `knockd -i IF -c knockd.conf`, in the foreground.
     Knockd,
+    /// xknockd with an `open:` door on the nftables backend (YAML), timed
+    /// to the set element's arrival rather than to a command.
+    XknockdNft,
+    /// The same door on the xdp backend, timed to the GATE_ALLOW entry.
+    XknockdXdp,
     /// No daemon and no XDP program: the veth alone (softirq baseline).
     Bare,
     /// No daemon, an empty XDP program attached natively: what any XDP
@@ -171,19 +182,43 @@ impl Kind {
             Kind::XknockdQuiet => "xknockd-quiet",
             Kind::XknockdNative => "xknockd-native",
             Kind::Knockd => "knockd",
+            Kind::XknockdNft => "xknockd-nft",
+            Kind::XknockdXdp => "xknockd-xdp",
             Kind::Bare => "no-daemon",
             Kind::EmptyXdp => "empty-xdp",
         }
     }
 
     pub fn is_ours(self) -> bool {
-        matches!(self, Kind::Xknockd | Kind::XknockdQuiet | Kind::XknockdNative)
+        matches!(
+            self,
+            Kind::Xknockd | Kind::XknockdQuiet | Kind::XknockdNative | Kind::XknockdNft | Kind::XknockdXdp
+        )
+    }
+
+    /// Opens through a gate (`open:` door) rather than a command.
+    pub fn is_gate(self) -> bool {
+        matches!(self, Kind::XknockdNft | Kind::XknockdXdp)
     }
 
     /// A daemon that can open the door (the others only load the link).
     pub fn is_daemon(self) -> bool {
         self == Kind::Knockd || self.is_ours()
     }
+}
+
+/// The port the gate runs' `open:` door protects.
+pub const GATED_PORT: u16 = 2222;
+
+/// The gate runs' YAML: the same door as [`config`] with an `open:` block
+/// instead of a command.
+fn gate_config(kind: Kind, dir: &Path, pins: Option<&Path>) -> String {
+    let backend = if kind == Kind::XknockdXdp { "xdp" } else { "nftables" };
+    let pins = pins.map_or(String::new(), |p| format!("  bpffs_dir: {}\n", p.display()));
+    format!(
+        "options:\n  log_file: {}\n{pins}doors:\n  openSSH:\n    sequence: [\"7000\", \"8000\", \"9000\"]\n    seq_timeout: 5\n    tcp_flags: syn\n    open:\n      ports: [\"{GATED_PORT}/tcp\"]\n      duration: 3600\n      backend: {backend}\n",
+        dir.join("daemon.log").display()
+    )
 }
 
 /// knockd.conf for both daemons: one door, knocks 7000 8000 9000 (TCP SYN),
@@ -210,17 +245,34 @@ pub struct Running {
     pub counters: Option<CounterMap>,
     pub opens: Opens,
     pub dir: TempDir,
+    /// The xdp gate's pins; dropped after the daemon, which detaches the
+    /// gate's pinned link so the next run finds a bare veth.
+    bpffs: Option<BpffsMount>,
+    ns: String,
 }
 
 impl Running {
     pub fn start(rig: &Rig, kind: Kind) -> Result<Self> {
         let dir = TempDir::new();
-        let fifo = dir.path("opens.fifo");
-        let opens = Opens::new(&fifo)?;
-        let conf = dir.path("knockd.conf");
-        fs::write(&conf, config(kind, &dir.0, &fifo))?;
-        let out = fs::File::create(dir.path("daemon.out"))?;
         let pair = &rig.pair;
+        let ns = pair.server.clone();
+        let bpffs = if kind == Kind::XknockdXdp { Some(BpffsMount::new()?) } else { None };
+        let conf = if kind.is_gate() {
+            let conf = dir.path("xknockd.yaml");
+            fs::write(&conf, gate_config(kind, &dir.0, bpffs.as_ref().map(|b| b.0.join("pins")).as_deref()))?;
+            conf
+        } else {
+            let conf = dir.path("knockd.conf");
+            fs::write(&conf, config(kind, &dir.0, &dir.path("opens.fifo")))?;
+            conf
+        };
+        let opens = match kind {
+            // Listening before the daemon starts, so no element goes unseen.
+            Kind::XknockdNft => Opens::Nft(NftMonitor::new(&pair.server)?),
+            // The xdp poller replaces this once the daemon holds GATE_ALLOW.
+            _ => Opens::Fifo(Fifo::new(&dir.path("opens.fifo"))?),
+        };
+        let out = fs::File::create(dir.path("daemon.out"))?;
         if !kind.is_daemon() {
             let link = match kind {
                 Kind::EmptyXdp => {
@@ -234,7 +286,17 @@ impl Running {
                 }
                 _ => None,
             };
-            return Ok(Self { kind, child: None, pid: 0, _link: link, counters: None, opens, dir });
+            return Ok(Self {
+                kind,
+                child: None,
+                pid: 0,
+                _link: link,
+                counters: None,
+                opens,
+                dir,
+                bpffs,
+                ns,
+            });
         }
         let mut cmd = match kind {
             Kind::Knockd => {
@@ -258,7 +320,8 @@ impl Running {
         // `ip netns exec` execs the daemon, so the child's pid is the daemon's.
         let child = ChildGuard(cmd.spawn().with_context(|| format!("spawning {}", kind.key()))?);
         let pid = child.pid();
-        let mut me = Self { kind, child: Some(child), pid, _link: None, counters: None, opens, dir };
+        let mut me =
+            Self { kind, child: Some(child), pid, _link: None, counters: None, opens, dir, bpffs, ns };
         // xknockd says it is listening on stderr, knockd only in its LogFile;
         // the quiet xknockd says nothing, so wait for its XDP link instead.
         let ready_file = if kind == Kind::Knockd { "daemon.log" } else { "daemon.out" };
@@ -289,6 +352,9 @@ impl Running {
         }
         if kind.is_ours() {
             me.counters = Some(CounterMap::of_pid(pid)?);
+            if kind == Kind::XknockdXdp {
+                me.opens = Opens::Xdp(AllowPoller::new(pid, GATED_PORT)?);
+            }
         } else {
             // knockd logs before its capture loop spins up.
             std::thread::sleep(Duration::from_millis(300));
@@ -306,6 +372,14 @@ impl Running {
             return Ok(0.0);
         }
         proc_cpu_seconds(self.pid)
+    }
+
+    /// What xknockd says at start about its kernel tables (the line with
+    /// `first-step table:`), to set beside what the kernel charges.
+    pub fn reported_tables(&self) -> Option<String> {
+        let text = fs::read_to_string(self.dir.path("daemon.out")).ok()?;
+        let line = text.lines().find(|l| l.contains("first-step table:"))?;
+        Some(line[line.find("first-step table:")?..].trim().to_string())
     }
 
     pub fn rss_kb(&self) -> Result<u64> {
@@ -343,14 +417,35 @@ impl Running {
         Some((field("sources=")?, field("evictions=")?))
     }
 
-    /// SIGTERM, a bounded wait, then SIGKILL (by the guard).
+    /// What each of the daemon's bpf maps charges (empty without a daemon).
+    pub fn map_memory(&self) -> Result<Vec<MapMemory>> {
+        if self.child.is_none() || !self.kind.is_ours() {
+            return Ok(Vec::new());
+        }
+        bpfmap::map_memory(self.pid)
+    }
+
+    /// SIGTERM, a bounded wait, then SIGKILL (by the guard). A gate left in
+    /// place on purpose (it fails closed) is removed, so it costs the next
+    /// run nothing.
     pub fn stop(mut self) -> Opens {
+        // knockd has nothing to clean up here and, still busy with a
+        // flood's backlog, can sit on SIGTERM; xknockd closes its gates.
+        let grace = Duration::from_secs(if self.kind == Kind::Knockd { 3 } else { 15 });
         if let Some(mut child) = self.child.take() {
-            if child.signal_and_wait(libc::SIGTERM, Duration::from_secs(15)).is_none() {
-                eprintln!("bench: {} ignored SIGTERM for 15 s; killing it", self.kind.key());
+            if child.signal_and_wait(libc::SIGTERM, grace).is_none() {
+                eprintln!("bench: {} ignored SIGTERM for {} s; killing it", self.kind.key(), grace.as_secs());
             }
         }
-        self.opens
+        if self.kind == Kind::XknockdNft {
+            let _ = xknock_tests::netns::ns_command(&self.ns, "nft")
+                .args(["delete", "table", "inet", "xknockd"])
+                .stderr(Stdio::null())
+                .status();
+        }
+        drop(self.bpffs.take());
+        let Running { opens, .. } = self;
+        opens
     }
 }
 
@@ -395,70 +490,5 @@ impl SysCpu {
 
     pub fn since(&self, e: &SysCpu) -> SysCpu {
         SysCpu { busy: self.busy - e.busy, softirq: self.softirq - e.softirq, total: self.total - e.total }
-    }
-}
-
-/// The door's command writes the knocker's address into a FIFO; a thread
-/// stamps each line as it arrives.
-pub struct Opens {
-    /// A write end of the FIFO, to wake the reader with STOP.
-    writer: fs::File,
-    lines: Arc<Mutex<Vec<(Instant, String)>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-const STOP: &str = "bench-stop";
-
-impl Opens {
-    fn new(path: &Path) -> Result<Self> {
-        let c = std::ffi::CString::new(path.to_str().context("utf-8")?)?;
-        // SAFETY: a valid C string.
-        if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("mkfifo");
-        }
-        // Read-write, so opening does not wait for a writer and the reader
-        // never sees end-of-file between commands.
-        let fifo = fs::OpenOptions::new().read(true).write(true).open(path)?;
-        let writer = fifo.try_clone()?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let thread = std::thread::spawn(move || {
-            for line in BufReader::new(fifo).lines().map_while(Result::ok) {
-                let at = Instant::now();
-                if line == STOP {
-                    break;
-                }
-                sink.lock().unwrap().push((at, line));
-            }
-        });
-        Ok(Self { writer, lines, thread: Some(thread) })
-    }
-
-    pub fn snapshot(&self) -> Vec<(Instant, String)> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    pub fn count(&self) -> usize {
-        self.lines.lock().unwrap().len()
-    }
-
-    /// Stops the reader and returns every line seen.
-    pub fn finish(mut self) -> Vec<(Instant, String)> {
-        self.shutdown();
-        self.snapshot()
-    }
-
-    fn shutdown(&mut self) {
-        if let Some(t) = self.thread.take() {
-            if writeln!(self.writer, "{STOP}").is_ok() {
-                let _ = t.join();
-            }
-        }
-    }
-}
-
-impl Drop for Opens {
-    fn drop(&mut self) {
-        self.shutdown();
     }
 }

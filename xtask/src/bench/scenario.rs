@@ -14,10 +14,44 @@ use anyhow::Result;
 use xknock_tests::wait_until;
 
 use super::{
-    bpfmap::Counters,
+    bpfmap::{Counters, MapMemory},
     flood::{self, Shape, Spec},
     rig::{knocker, Kind, LinkStats, Rig, Running, SysCpu},
 };
+
+/// A flood shape and the timing of the real knocks sent during it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Case {
+    pub shape: Shape,
+    /// `xknock -d`: ms between the knocks of a sequence (0: knock's default).
+    pub delay_ms: u64,
+}
+
+impl Case {
+    pub const fn new(shape: Shape, delay_ms: u64) -> Self {
+        Self { shape, delay_ms }
+    }
+
+    pub fn key(self) -> String {
+        match self.delay_ms {
+            0 => self.shape.key().to_string(),
+            d => format!("{} -d {d}", self.shape.key()),
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self.delay_ms {
+            0 => format!("{}, knocks with knock's default timing", self.shape.describe()),
+            d => format!("{}, knocks {d} ms apart (`xknock -d {d}`)", self.shape.describe()),
+        }
+    }
+
+    /// Long enough for every sequence to be sent inside the flood.
+    fn duration(self, p: &Params) -> Duration {
+        let per_sequence = Duration::from_millis(2 * self.delay_ms + 100);
+        p.duration.max(per_sequence * p.sequences as u32 + Duration::from_secs(1))
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Params {
@@ -35,7 +69,7 @@ pub struct Params {
 #[derive(Clone, Debug)]
 pub struct FloodRun {
     pub kind: Kind,
-    pub shape: Shape,
+    pub case: Case,
     pub trial: usize,
     pub sent_sequences: usize,
     pub opened: usize,
@@ -54,6 +88,9 @@ pub struct FloodRun {
     pub rss_max_kb: u64,
     /// xknockd's tracker after the flood: (sources, evictions).
     pub tracker: Option<(u64, u64)>,
+    /// What the daemon's bpf maps charge, before and after the flood.
+    pub maps_before: Vec<MapMemory>,
+    pub maps_after: Vec<MapMemory>,
     /// What any process gets from this machine during the flood, measured
     /// beside the daemon: how late a 1 ms sleep wakes (ms) ...
     pub wake_late_ms: Vec<f64>,
@@ -80,20 +117,22 @@ impl FloodRun {
 pub fn flood_run(
     rig: &Rig,
     kind: Kind,
-    shape: Shape,
+    case: Case,
     trial: usize,
     pace: Option<f64>,
     p: &Params,
 ) -> Result<FloodRun> {
     let d = Running::start(rig, kind)?;
+    let duration = case.duration(p);
     // Knocks only where something can open the door.
     let (idle_n, seq_n) = if kind.is_daemon() { (p.idle_sequences, p.sequences) } else { (0, 0) };
     let mut idle_sends = Vec::new();
     for i in 0..idle_n {
         let src = knocker(i as u8);
-        idle_sends.push((src.to_string(), rig.knock(src)?));
+        idle_sends.push((src.to_string(), rig.knock(src, case.delay_ms, &d.opens)?));
         wait_until(Duration::from_secs(2), || d.opens.count() > i);
     }
+    let maps_before = d.map_memory()?;
     let rss_before_kb = d.rss_kb()?;
     let c0 = d.counters()?;
     let cpu0 = d.cpu_seconds()?;
@@ -102,9 +141,9 @@ pub fn flood_run(
 
     let stop = Arc::new(AtomicBool::new(false));
     let spec = Spec {
-        shape,
-        max_packets: (p.duration.as_secs_f64() * 5e6) as u64,
-        duration: p.duration,
+        shape: case.shape,
+        max_packets: (duration.as_secs_f64() * 5e6) as u64,
+        duration,
         pace,
         threads: p.threads,
     };
@@ -117,14 +156,14 @@ pub fn flood_run(
         let knocks = s.spawn(|| -> Result<Vec<(String, Instant)>> {
             let mut sends = Vec::new();
             // Spread over the flood, clear of its first and last half second.
-            let span = p.duration.saturating_sub(Duration::from_secs(1)).as_secs_f64();
+            let span = duration.saturating_sub(Duration::from_secs(1)).as_secs_f64();
             for j in 0..seq_n {
                 let at = start + Duration::from_secs_f64(0.5 + span * j as f64 / seq_n.max(1) as f64);
                 if let Some(wait) = at.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
                 let src = knocker((idle_n + j) as u8);
-                sends.push((src.to_string(), rig.knock(src)?));
+                sends.push((src.to_string(), rig.knock(src, case.delay_ms, &d.opens)?));
             }
             Ok(sends)
         });
@@ -181,10 +220,8 @@ pub fn flood_run(
         _ => None,
     };
     let tracker = d.tracker();
-    let opens = d.stop().finish();
-
-    let first_open: HashMap<String, Instant> =
-        opens.iter().rev().map(|(t, ip)| (ip.trim().to_string(), *t)).collect();
+    let maps_after = d.map_memory()?;
+    let first_open: HashMap<String, Instant> = d.stop().finish();
     let lat = |sends: &[(String, Instant)]| -> Vec<f64> {
         sends
             .iter()
@@ -196,7 +233,7 @@ pub fn flood_run(
     let latencies_ms = lat(&sends);
     Ok(FloodRun {
         kind,
-        shape,
+        case,
         trial,
         sent_sequences: sends.len(),
         opened: latencies_ms.len(),
@@ -212,6 +249,8 @@ pub fn flood_run(
         rss_after_kb,
         rss_max_kb,
         tracker,
+        maps_before,
+        maps_after,
         wake_late_ms,
         sh_ms,
     })
@@ -233,11 +272,17 @@ pub struct MemRun {
     pub counters: Option<Counters>,
     /// xknockd's tracker after each phase: (sources, evictions).
     pub tracker: [Option<(u64, u64)>; 2],
+    /// What the daemon's bpf maps charge: idle, after phase 1, after phase 2.
+    pub maps: [Vec<MapMemory>; 3],
+    /// What xknockd said at start its kernel tables take.
+    pub reported_tables: Option<String>,
 }
 
 pub fn mem_run(rig: &Rig, kind: Kind, phase: Duration, pace: Option<f64>, threads: usize) -> Result<MemRun> {
     let d = Running::start(rig, kind)?;
     let rss_idle_kb = d.rss_kb()?;
+    let mut maps = [d.map_memory()?, Vec::new(), Vec::new()];
+    let reported_tables = d.reported_tables();
     let c0 = d.counters()?;
     let srv0 = rig.server_stats()?;
     let start = Instant::now();
@@ -272,6 +317,7 @@ pub fn mem_run(rig: &Rig, kind: Kind, phase: Duration, pace: Option<f64>, thread
             series.push((start.elapsed().as_secs_f64(), d.rss_kb().unwrap_or(0)));
         }
         rss[i] = d.rss_kb()?;
+        maps[i + 1] = d.map_memory()?;
         tracker[i] = d.tracker();
     }
     let delivered = rig.server_stats()?.since(&srv0).rx_packets;
@@ -290,5 +336,7 @@ pub fn mem_run(rig: &Rig, kind: Kind, phase: Duration, pace: Option<f64>, thread
         delivered,
         counters,
         tracker,
+        maps,
+        reported_tables,
     })
 }

@@ -24,9 +24,16 @@ pub struct TestRun {
     pub classes: Vec<Class>,
     pub single_empty_ns: Vec<f64>,
     pub single_hit_ns: Vec<f64>,
-    /// Counter deltas over the rounds, for the plain and the gated program.
+    /// Counter deltas over the rounds, per loaded program.
     pub counters_plain: serde_json::Value,
+    pub counters_steps: serde_json::Value,
     pub counters_gated: serde_json::Value,
+    /// Events the first-step class emitted (must be 0), when it ran.
+    pub first_step_events: Option<u64>,
+    /// Classes this kernel cannot run: (key, label, why).
+    pub unavailable: Vec<(String, String, String)>,
+    /// Names of the program's maps, as the kernel has them.
+    pub kernel_maps: Vec<String>,
 }
 
 impl TestRun {
@@ -36,6 +43,14 @@ impl TestRun {
 
     pub fn empty(&self) -> f64 {
         self.class("empty").map_or(f64::NAN, Class::median)
+    }
+
+    /// Why a class did not run, e.g. "n/a (kernel lacks FIRST_STEP)".
+    pub fn missing(&self, key: &str) -> String {
+        self.unavailable
+            .iter()
+            .find(|u| u.0 == key)
+            .map_or_else(|| format!("n/a ({key} did not run)"), |u| u.2.clone())
     }
 }
 
@@ -85,6 +100,23 @@ fn parse(json: &[u8]) -> Result<TestRun> {
         single_empty_ns: nums(&v["single_run"]["empty_ns"]),
         single_hit_ns: nums(&v["single_run"]["hit_v4_ns"]),
         counters_plain: v["counters_plain"].clone(),
+        counters_steps: v["counters_steps"].clone(),
         counters_gated: v["counters_gated"].clone(),
+        first_step_events: v["first_step_events"].as_u64(),
+        unavailable: v["unavailable"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|u| {
+                        let f = |k: &str| u[k].as_str().unwrap_or_default().to_string();
+                        (f("key"), f("label"), f("why"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        kernel_maps: v["kernel_maps"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|m| m.as_str().map(String::from)).collect())
+            .unwrap_or_default(),
     })
 }
