@@ -35,7 +35,7 @@ use xknock::{
         self,
         model::{Proto, Step},
     },
-    daemon::{apply_kernel_steps, kernel_addrs, kernel_ports},
+    daemon::{kernel_addrs, kernel_ports, kernel_steps},
     gate::{Gate, Protected},
 };
 use xknock_tests::{
@@ -105,7 +105,8 @@ fn knocker(pins: Option<&std::path::Path>) -> Result<(XdpKnocker, RingBuf<MapDat
     let mut k = XdpKnocker::load(pins).context("loading the XDP object")?;
     k.set_knock_ports(&kernel_ports(&cfg))?;
     // What the daemon writes: the doors per knock port and the sweep limit.
-    apply_kernel_steps(&mut k, &cfg)?;
+    k.set_step_doors(&kernel_steps(&cfg).ports)?;
+    k.set_sweep_limit(cfg.options.sweep_limit)?;
     let local = BTreeSet::from([IpAddr::V4(LOCAL4), IpAddr::V6(LOCAL6)]);
     k.set_addrs(&kernel_addrs(&local, &cfg.doors, false))?;
     let ring = k.take_events()?;
