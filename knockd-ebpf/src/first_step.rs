@@ -10,8 +10,8 @@ use aya_ebpf::{
     maps::{Array, HashMap},
 };
 use knockd_common::{
-    counter, jhash5, key_words, ms_of, younger, ActiveKey, FirstOf, KernelConfig, KnockEvent, SecondOf,
-    StepDoors, EVENT_KNOCK, EVENT_PAIR, MAX_STEP_DOORS, PROTO_TCP,
+    ahead, counter, jhash5, key_words, ms_of, younger, ActiveKey, FirstOf, KernelConfig, KnockEvent,
+    SecondOf, StepDoors, EVENT_KNOCK, EVENT_PAIR, MAX_STEP_DOORS, PROTO_TCP,
 };
 
 use crate::{bump, emit, sweep};
@@ -80,6 +80,9 @@ pub fn route(ev: &mut KnockEvent, port: u32) {
         emit(ev);
     }
     let recorded = record_firsts(ev, doors, cfg, now);
+    if !paired && !recorded {
+        sweep::wrong_step(ev, cfg, now);
+    }
     if !paired && doors.emit == 0 {
         bump(if recorded { counter::FIRST_STEP } else { counter::ORPHAN_STEP });
     }
@@ -121,10 +124,12 @@ fn record_firsts(ev: &KnockEvent, doors: &StepDoors, cfg: &KernelConfig, now: u3
     true
 }
 
-/// A second step whose first step is live: one pair event (or, if the
-/// sweep guard dropped that first step, one report of it). The slot is
-/// left as it is: clearing it would let a spoofed second step that hashes
-/// there erase a real knocker's first step.
+/// A second step whose first step is live: one pair event, for the door
+/// whose first step came last (under knockd's rules a later first step
+/// ends the earlier attempt); or, if that first step was dropped (sweep
+/// guard, wrong step, finished sequence), at most one report of it. The
+/// slot is left as it is: clearing it would let a spoofed second step that
+/// hashes there erase a real knocker's first step.
 #[inline(always)]
 fn second_step(
     ev: &mut KnockEvent,
@@ -133,6 +138,7 @@ fn second_step(
     key: &ActiveKey,
     now: u32,
 ) -> bool {
+    let mut best: Option<(&SecondOf, u32)> = None;
     for i in 0..MAX_STEP_DOORS {
         if i >= doors.n_second as usize {
             break;
@@ -141,20 +147,18 @@ fn second_step(
         if !flags_ok(ev, s.must_set, s.must_clear) {
             continue;
         }
-        // SAFETY: a u32 in an array slot.
         let Some(then) = FIRST_STEP.get(first_slot(ev, s.door, cfg)).copied() else {
             continue;
         };
-        if !younger(then, now, s.timeout_ms) {
-            continue;
+        if younger(then, now, s.timeout_ms) && best.is_none_or(|(_, t)| ahead(then, t)) {
+            best = Some((s, then));
         }
-        if sweep::dropped(ev, cfg, then, s.door) {
-            return true;
-        }
-        pair(ev, s, then, key);
-        return true;
     }
-    false
+    let Some((s, then)) = best else { return false };
+    if !sweep::dropped(ev, cfg, then, s.door) {
+        pair(ev, s, then, key);
+    }
+    true
 }
 
 #[inline(always)]

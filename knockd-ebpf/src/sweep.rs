@@ -3,6 +3,10 @@
 //! it; past `sweep_limit` its attempts are dropped. A port scan that walks
 //! through a sequence in order therefore opens nothing.
 //!
+//! The source's slot also marks its attempts invalid after a wrong step
+//! (`wrong_step`), which knockd's rules demand and the tracker cannot see
+//! while the kernel holds the first step.
+//!
 //! Ordinary traffic pays one array load: sources are looked up only for a
 //! SYN or UDP datagram, and only while some first step is live (`LIVE`).
 
@@ -57,9 +61,6 @@ pub fn started(ev: &KnockEvent, cfg: &KernelConfig, now: u32, timeout_ms: u32) {
             }
         }
     }
-    if cfg.sweep_limit == SWEEP_OFF {
-        return;
-    }
     let src = source(ev, cfg);
     let Some(slot) = SWEEP.get_ptr_mut(src.slot) else { return };
     // SAFETY: plain data in an array slot; racing writers leave a mix that
@@ -79,9 +80,6 @@ pub fn started(ev: &KnockEvent, cfg: &KernelConfig, now: u32, timeout_ms: u32) {
 /// dropped that first step. The first time it says so, the daemon is told.
 #[inline(always)]
 pub fn dropped(ev: &mut KnockEvent, cfg: &KernelConfig, then: u32, door: u16) -> bool {
-    if cfg.sweep_limit == SWEEP_OFF {
-        return false;
-    }
     let src = source(ev, cfg);
     let Some(slot) = SWEEP.get_ptr_mut(src.slot) else { return false };
     // SAFETY: as in `started`.
@@ -94,6 +92,22 @@ pub fn dropped(ev: &mut KnockEvent, cfg: &KernelConfig, then: u32, door: u16) ->
         report(ev, door, cfg.sweep_limit);
     }
     true
+}
+
+/// A knock on a step that neither starts a door nor follows one: under
+/// knockd's rules it invalidates the source's attempts. Only the source's
+/// own slot (its tag) is marked, never `FIRST_STEP`, so a spoofed knock
+/// cannot erase another source's first step.
+#[inline(always)]
+pub fn wrong_step(ev: &KnockEvent, cfg: &KernelConfig, now: u32) {
+    let src = source(ev, cfg);
+    let Some(slot) = SWEEP.get_ptr_mut(src.slot) else { return };
+    // SAFETY: as in `started`.
+    let slot = unsafe { &mut *slot };
+    if slot.tag == src.tag && ahead(slot.until, now) {
+        // Not a sweep: nothing to report at the second step.
+        (slot.cut, slot.count, slot.reported) = (now, 0, 1);
+    }
 }
 
 /// A frame to a port in no sequence: counted against its source if it is

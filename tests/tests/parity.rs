@@ -90,7 +90,9 @@ fn wrong_port_mid_sequence_invalidates_and_does_not_restart() {
     srv.knock(&[SERVER_V4, "7000", "9000", "8000:udp", "9000"]);
     barrier(&mut srv);
     assert_eq!(srv.daemon.count("main: OPEN SESAME"), 0, "{:#?}", srv.daemon.output());
-    assert_eq!(srv.daemon.count("main: Stage 1"), 1);
+    // knockd logs Stage 1 here; xknockd never logs a source that did not
+    // get past its first step (the kernel keeps first steps, issue 9).
+    assert_eq!(srv.daemon.count("main: Stage 1"), 0);
     assert_eq!(srv.daemon.count("main: Stage 2"), 0);
 }
 
@@ -114,8 +116,8 @@ fn flag_mismatch_neither_advances_nor_resets() {
         return;
     }
     let mut srv = start();
+    // The kernel keeps the first step: "Stage 1" is logged with the second.
     srv.knock(&[SERVER_V4, "7000"]);
-    srv.daemon.wait_for("main: Stage 1", WAIT).unwrap();
     let server: Ipv4Addr = SERVER_V4.parse().unwrap();
     in_netns(&srv.pair.client, move || {
         send_tcp_flags(server, 9000, ACK).unwrap();

@@ -144,8 +144,11 @@ fn an_expired_first_step_pairs_with_nothing() {
     rig.knocker.set_first_step_time(src, 0, now.wrapping_sub(TIMEOUT_MS)).unwrap();
     assert_eq!(rig.from(REMOTE, &L4::udp(8000)), vec![]);
     assert_eq!(rig.counters().orphan_step, 1);
-    rig.knocker.set_first_step_time(src, 0, now_ms().wrapping_sub(TIMEOUT_MS - 1000)).unwrap();
-    assert_eq!(rig.from(REMOTE, &L4::udp(8000)).len(), 1);
+    // Another source, whose first step is 4 s old, still pairs.
+    let other = Ipv4Addr::new(10, 1, 0, 3);
+    rig.from(other, &syn(7000));
+    rig.knocker.set_first_step_time(IpAddr::V4(other), 0, now_ms().wrapping_sub(TIMEOUT_MS - 1000)).unwrap();
+    assert_eq!(rig.from(other, &L4::udp(8000)).len(), 1);
     assert_eq!(rig.counters().pairs, 1);
 }
 
@@ -159,6 +162,26 @@ fn a_later_step_from_an_unknown_source_gives_nothing_and_is_counted() {
     assert_eq!(rig.from(REMOTE, &syn(9000)), vec![]);
     let c = rig.counters();
     assert_eq!((c.orphan_step, c.knock_hits, c.first_step), (2, 0, 0), "{c:?}");
+}
+
+/// knockd: a wrong step invalidates the attempt. The kernel marks the
+/// source's own slot, so the second step that follows pairs with nothing,
+/// with the sweep guard off as well.
+#[test]
+fn a_wrong_step_invalidates_the_first_step() {
+    if !privileged("wrong_step") {
+        return;
+    }
+    let mut rig = Rig::new(1 << 20);
+    rig.knocker.set_sweep_limit(None).unwrap();
+    rig.from(REMOTE, &syn(7000));
+    assert_eq!(rig.from(REMOTE, &syn(9000)), vec![]);
+    assert_eq!(rig.from(REMOTE, &L4::udp(8000)), vec![], "no pair, and no sweep report");
+    // A repeated first step is not a wrong step, and a new attempt works.
+    assert!(wait_until(Duration::from_secs(1), || now_ms() > rig.first_step(REMOTE)));
+    rig.from(REMOTE, &syn(7000));
+    rig.from(REMOTE, &syn(7000));
+    assert_eq!(rig.from(REMOTE, &L4::udp(8000)).len(), 1);
 }
 
 #[test]

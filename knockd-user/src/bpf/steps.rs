@@ -8,8 +8,8 @@ use aya::{
     EbpfLoader,
 };
 use knockd_common::{
-    jhash5, key_words, ActiveKey, KernelConfig, StepDoors, SweepSlot, FAMILY_V4, FAMILY_V6, SWEEP_DOOR,
-    SWEEP_OFF, SWEEP_SHARE,
+    jhash5, key_words, ms_of, ActiveKey, KernelConfig, StepDoors, SweepSlot, FAMILY_V4, FAMILY_V6,
+    SWEEP_DOOR, SWEEP_OFF, SWEEP_SHARE,
 };
 
 use super::{map_err, sync_map, BpfError, XdpKnocker};
@@ -146,6 +146,21 @@ impl XdpKnocker {
         Ok(())
     }
 
+    /// The tracker holds nothing more for `src`: every first step the
+    /// kernel kept for it until now is dead (marked in its own sweep slot,
+    /// as a wrong step would). Without this, a first step the finished
+    /// sequence passed through would pair with the next sequence.
+    pub fn end_attempts(&mut self, src: IpAddr) -> Result<(), BpfError> {
+        let Some((index, mut slot)) = self.own_sweep_slot(src)? else {
+            return Ok(());
+        };
+        let now = ms_of(crate::events::monotonic_now().as_nanos() as u64);
+        (slot.cut, slot.count, slot.reported) = (now, 0, 1);
+        let mut arr: Array<_, SweepSlot> =
+            Array::try_from(self.map_mut("SWEEP")?).map_err(map_err("SWEEP"))?;
+        arr.set(index, slot, 0).map_err(map_err("SWEEP"))
+    }
+
     /// Whether `src` is in `ACTIVE` (for tests and `--status`-like checks).
     pub fn is_active(&self, src: IpAddr) -> Result<bool, BpfError> {
         let map = self.ebpf.map("ACTIVE").ok_or(BpfError::MissingMap("ACTIVE"))?;
@@ -190,13 +205,17 @@ impl XdpKnocker {
 
     /// The sweep-guard slot `src` hashes to, if it is `src`'s. For tests.
     pub fn sweep_slot(&self, src: IpAddr) -> Result<Option<SweepSlot>, BpfError> {
+        Ok(self.own_sweep_slot(src)?.map(|(_, slot)| slot))
+    }
+
+    fn own_sweep_slot(&self, src: IpAddr) -> Result<Option<(u32, SweepSlot)>, BpfError> {
         let (addr, family) = addr_key(src);
         let words = key_words(&addr, family, SWEEP_DOOR);
         let cfg = &self.tables.cfg;
         let map = self.ebpf.map("SWEEP").ok_or(BpfError::MissingMap("SWEEP"))?;
         let arr: Array<_, SweepSlot> = Array::try_from(map).map_err(map_err("SWEEP"))?;
-        let slot =
-            arr.get(&(jhash5(&words, cfg.sweep_seed) & cfg.sweep_mask), 0).map_err(map_err("SWEEP"))?;
-        Ok((slot.tag == jhash5(&words, cfg.tag_seed)).then_some(slot))
+        let index = jhash5(&words, cfg.sweep_seed) & cfg.sweep_mask;
+        let slot = arr.get(&index, 0).map_err(map_err("SWEEP"))?;
+        Ok((slot.tag == jhash5(&words, cfg.tag_seed)).then_some((index, slot)))
     }
 }

@@ -13,6 +13,7 @@ use knockd_common::{
 };
 
 use crate::{
+    bpf::{BpfError, XdpKnocker},
     config::model::{Config, Door, Proto},
     tracker::DoorSpec,
 };
@@ -129,6 +130,20 @@ fn describe(ports: &mut BTreeMap<u32, StepDoors>, door: &Door, id: usize, first:
     };
     s.n_second += 1;
     true
+}
+
+/// Writes the doors per knock port and the sweep limit into the kernel;
+/// names at start (and on reload) the doors whose first steps it cannot keep.
+pub fn apply_kernel_steps(knocker: &mut XdpKnocker, cfg: &Config) -> Result<(), BpfError> {
+    let steps = kernel_steps(cfg);
+    for name in &steps.undescribed {
+        log::warn!(
+            "{name}: more than {MAX_STEP_DOORS} doors share its first or second port: \
+             all its knocks reach the daemon (not protected from first-step floods)"
+        );
+    }
+    knocker.set_step_doors(&steps.ports)?;
+    knocker.set_sweep_limit(cfg.options.sweep_limit)
 }
 
 /// The address maps: the host's addresses plus every door target. With

@@ -7,7 +7,7 @@ use std::{future::Future, io, task::Poll, time::Duration};
 
 use crate::{
     events::{EventStream, KnockRecord},
-    tracker::{Knock, Outcome, Tracker},
+    tracker::{Input, Outcome, Tracker},
 };
 
 /// Appends whatever the ring holds now to `out`, without waiting.
@@ -24,9 +24,9 @@ pub async fn pending(events: &mut EventStream, out: &mut Vec<KnockRecord>) -> io
 
 /// The deadline's work once the ring is drained: the queued `knocks` first,
 /// then every attempt due at `now`, read before the drain.
-pub fn expire(tracker: &mut Tracker, knocks: &[Knock], now: Duration, out: &mut Vec<Outcome>) {
+pub fn expire(tracker: &mut Tracker, knocks: &[Input], now: Duration, out: &mut Vec<Outcome>) {
     for k in knocks {
-        tracker.on_knock(k, out);
+        tracker.feed(k, out);
     }
     tracker.purge(now, out);
 }
@@ -38,7 +38,7 @@ mod tests {
     use super::*;
     use crate::{
         config::model::{Proto, Step, TcpFlags},
-        tracker::DoorSpec,
+        tracker::{DoorSpec, Knock},
     };
 
     const TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,7 +81,7 @@ mod tests {
     fn a_queued_in_time_knock_completes_before_the_purge() {
         let (mut t, queued, now) = started();
         let mut out = Vec::new();
-        expire(&mut t, &[queued], now, &mut out);
+        expire(&mut t, &[Input::Knock(queued)], now, &mut out);
         assert!(out.iter().any(|o| matches!(o, Outcome::Open { .. })), "{out:?}");
         assert!(!out.iter().any(|o| matches!(o, Outcome::Timeout { .. })), "{out:?}");
     }

@@ -20,17 +20,17 @@ use std::{
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-pub use doors::{door_spec, kernel_addrs, kernel_ports, kernel_steps, KernelSteps};
+pub use doors::{apply_kernel_steps, door_spec, kernel_addrs, kernel_ports, kernel_steps, KernelSteps};
 
 use crate::{
     addrs::{local_addrs, AddrWatcher},
-    bpf::{AttachMode, XdpKnocker},
+    bpf::{AttachMode, Tables, XdpKnocker},
     commands::{pick, CommandRunner},
     config::model::{Backend, Config, Door},
-    events::{monotonic_now, EventStream, KnockRecord},
+    events::{monotonic_now, EventStream, KnockRecord, RecordKind},
     gate::door_backend,
     knocklog::{self, KnockLog},
-    tracker::{Knock, Outcome, Tracker},
+    tracker::{Input, Knock, Outcome, Tracker},
 };
 
 /// A batch this large means a flood: pause before the next read.
@@ -76,9 +76,15 @@ impl Daemon {
     pub fn start(cfg: Config, opts: RunOptions, log: Arc<KnockLog>) -> Result<Self> {
         // The XDP gate must outlive us, so its maps and links are pinned.
         let xdp_gate = uses_backend(&cfg, Backend::Xdp);
-        let mut knocker =
-            XdpKnocker::load_in(&cfg.options.bpffs_dir, xdp_gate).context("loading the XDP program")?;
+        let tables = Tables {
+            first_step_slots: cfg.options.first_step_slots,
+            active_entries: u32::try_from(cfg.options.max_sources).unwrap_or(u32::MAX),
+        };
+        let mut knocker = XdpKnocker::load_sized(Some(&cfg.options.bpffs_dir), xdp_gate, tables)
+            .context("loading the XDP program")?;
+        log::info!("{}", knocker.table_memory());
         let local = local_addrs().context("reading local addresses")?;
+        apply_kernel_steps(&mut knocker, &cfg)?;
         knocker.set_knock_ports(&kernel_ports(&cfg))?;
         // Gates close their ports before the program sees a packet.
         let mut gates = gates::Gates::default();
@@ -195,14 +201,14 @@ impl Daemon {
 
     async fn handle_batch(&mut self, batch: &mut Vec<KnockRecord>) {
         let mut out = Vec::new();
-        for knock in self.knocks(batch) {
-            self.tracker.on_knock(&knock, &mut out);
+        for input in self.knocks(batch) {
+            self.tracker.feed(&input, &mut out);
         }
         self.handle_outcomes(out).await;
     }
 
     /// The tracker's view of `batch`, which is left empty.
-    fn knocks(&self, batch: &mut Vec<KnockRecord>) -> Vec<Knock> {
+    fn knocks(&self, batch: &mut Vec<KnockRecord>) -> Vec<Input> {
         let mut knocks = Vec::with_capacity(batch.len());
         for rec in batch.drain(..) {
             // One knocker is one source whichever way the stack reported it.
@@ -220,12 +226,29 @@ impl Daemon {
                 tcp_flags: rec.tcp_flags,
                 at: rec.at,
             };
-            knocks.push(knock);
+            knocks.push(match rec.kind {
+                RecordKind::Knock => Input::Knock(knock),
+                RecordKind::Pair { first, first_flags, first_at, .. } => Input::Pair {
+                    first: Knock { step: first, tcp_flags: first_flags, at: first_at, ..knock },
+                    second: knock,
+                },
+                RecordKind::Sweep { door, count } => Input::Sweep { src, door: door.map(usize::from), count },
+            });
         }
         knocks
     }
 
     async fn handle_outcomes(&mut self, out: Vec<Outcome>) {
+        for src in self.tracker.take_released() {
+            let done = !self.tracker.holds(src);
+            let res = self.knocker.release_active(src).and_then(|()| match done {
+                true => self.knocker.end_attempts(src),
+                false => Ok(()),
+            });
+            if let Err(e) = res {
+                log::warn!("{src}: releasing it from the kernel's active sources: {e}");
+            }
+        }
         for o in out {
             match o {
                 Outcome::Stage { src, door, stage } => {
@@ -248,6 +271,14 @@ impl Daemon {
                 Outcome::Timeout { src, door, stage } => {
                     let who = self.who(src);
                     self.log.line(&knocklog::seq_timeout(who, &door, stage));
+                }
+                Outcome::Swept { src, door, count } => {
+                    let who = self.who(src);
+                    let what = format!("sweep guard: {count} packets to other ports");
+                    self.log.line(&match door {
+                        Some(door) => format!("{who}: {door}: {what}, attempt dropped"),
+                        None => format!("{who}: {what}, attempts dropped"),
+                    });
                 }
                 Outcome::Evicted { src } => {
                     log::debug!("{src}: evicted: tracker is at max_sources")
@@ -314,7 +345,8 @@ impl Daemon {
         let c = self.knocker.counters().unwrap_or_default();
         format!(
             "stats: frames={} knock_hits={} flag_mismatch={} ringbuf_full={} not_local={} gate_drop={} \
-             gate_pass={} stealth_drop={} unclassified_drop={} sources={} evictions={}",
+             gate_pass={} stealth_drop={} unclassified_drop={} first_step={} pairs={} orphan_step={} \
+             sweep_counted={} sweep_dropped={} active_full={} sources={} evictions={}",
             c.frames,
             c.knock_hits,
             c.flag_mismatch,
@@ -324,6 +356,12 @@ impl Daemon {
             c.gate_pass,
             c.stealth_drop,
             c.unclassified_drop,
+            c.first_step,
+            c.pairs,
+            c.orphan_step,
+            c.sweep_counted,
+            c.sweep_dropped,
+            c.active_full,
             self.tracker.sources(),
             self.tracker.evictions()
         )

@@ -49,6 +49,12 @@ impl Daemon {
                 return;
             }
         }
+        if let Err(e) = super::apply_kernel_steps(&mut self.knocker, &new) {
+            log::error!("updating the first-step tables: {e}");
+        }
+        if new.options.first_step_slots != self.cfg.options.first_step_slots {
+            log::warn!("first_step_slots changes take effect on restart");
+        }
         if let Err(e) = self.knocker.set_knock_ports(&kernel_ports(&new)) {
             self.log.notice(&format!("updating the knock-port map failed, keeping the running config: {e}"));
             // Put back what the old config needs; the map may be half-updated.

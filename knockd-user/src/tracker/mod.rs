@@ -15,6 +15,11 @@
 //!   spoofed source: it is lost if `max_sources` new sources arrive before
 //!   its second knock. Past stage 1 only other such sources can push it out.
 //!
+//! - First steps are kept by the kernel (see [`kernel`]): a source reaches
+//!   the tracker at its second step, as a pair replayed here as two knocks,
+//!   so "Stage 1" is logged then, followed by "Stage 2". A source that never
+//!   gets past its first step is never logged.
+//!
 //! Not a difference, but easy to miss: the XDP program reports a superset of
 //! what knockd's per-door capture filter passed, so the tracker replays that
 //! filter (see `Tracker::captured`) before applying the rules.
@@ -26,8 +31,11 @@ use std::time::Duration;
 
 use crate::config::model::{Proto, Step, TcpFlags};
 
+mod kernel;
 #[cfg(test)]
 mod tests;
+
+pub use kernel::Input;
 
 /// What the tracker needs to know about a door. Equality decides whether a
 /// reload may keep the door's attempts in progress.
@@ -80,6 +88,10 @@ pub enum Outcome {
     Timeout { src: IpAddr, door: Arc<str>, stage: usize },
     /// The source's attempts were dropped to make room for a new source.
     Evicted { src: IpAddr },
+    /// The sweep guard dropped the source's attempt at `door` (`None`: it
+    /// had none here, the kernel held them) after `count` new connections
+    /// to ports in no sequence.
+    Swept { src: IpAddr, door: Option<Arc<str>>, count: u16 },
 }
 
 type DoorId = usize;
@@ -131,6 +143,7 @@ pub struct Tracker {
     max_sources: usize,
     tick: u64,
     evictions: u64,
+    kernel: kernel::KernelSide,
 }
 
 impl Tracker {
@@ -148,6 +161,7 @@ impl Tracker {
             max_sources: max_sources.max(1),
             tick: 0,
             evictions: 0,
+            kernel: kernel::KernelSide::default(),
         }
     }
 
@@ -202,6 +216,7 @@ impl Tracker {
             // A timer is not activity: the source keeps its place in line.
             self.settle(src, false);
         }
+        self.kernel.forget_before(now, self.longest_timeout());
     }
 
     /// The earliest time at which [`Self::purge`] has something to do.
@@ -256,6 +271,8 @@ impl Tracker {
             }
         }
 
+        let sources = &self.sources;
+        self.kernel.release_where(|src| !sources.get(&src).is_some_and(|s| is_proven(&s.attempts)));
         (self.by_first, self.by_step) = index(&doors);
         self.doors = doors;
         self.max_sources = max_sources.max(1);
@@ -331,13 +348,16 @@ impl Tracker {
     /// none is left, else re-ranks it (`touch`: it just knocked).
     fn settle(&mut self, src: IpAddr, touch: bool) {
         let Some(source) = self.sources.get_mut(&src) else {
+            self.kernel.release_unless(src, false);
             return;
         };
         if source.attempts.is_empty() {
             self.ranks.remove(&source.rank);
             self.sources.remove(&src);
+            self.kernel.release_unless(src, false);
             return;
         }
+        self.kernel.release_unless(src, is_proven(&source.attempts));
         let mut rank = Rank { proven: is_proven(&source.attempts), tick: source.rank.tick };
         if touch {
             self.tick += 1;
@@ -357,6 +377,7 @@ impl Tracker {
                 self.deadlines.remove(&(a.deadline, src, a.door));
             }
         }
+        self.kernel.release_unless(src, false);
         self.evictions += 1;
         Some(src)
     }
