@@ -16,4 +16,5 @@ pub mod gate;
 pub mod knocklog;
 pub mod pidfile;
 pub mod process;
+pub mod spa;
 pub mod tracker;

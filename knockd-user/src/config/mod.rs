@@ -7,7 +7,7 @@ mod disjoint;
 mod draft;
 mod emit;
 mod error;
-mod file_safety;
+pub(crate) mod file_safety;
 mod knockd_conf;
 pub mod model;
 pub mod one_time;
