@@ -1,4 +1,7 @@
-//! The xknock client: knock's interface, with real exit codes.
+//! The xknock client: knock's interface, with real exit codes, and an SPA
+//! mode ([`spa`]) that speaks fwknop's packet format.
+
+pub mod spa;
 
 use std::{
     net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket},
@@ -13,7 +16,11 @@ use thiserror::Error;
 use crate::config::model::{Proto, Step};
 
 #[derive(Clone, Debug, Parser)]
-#[command(name = "xknock", version, about = "Send a port-knock sequence (knock-compatible)")]
+#[command(
+    name = "xknock",
+    version,
+    about = "Send a port-knock sequence (knock-compatible), or one fwknop SPA packet (--spa)"
+)]
 pub struct KnockArgs {
     /// Make every hit UDP.
     #[arg(short = 'u', long = "udp")]
@@ -36,10 +43,12 @@ pub struct KnockArgs {
     /// Door whose sequence to knock (with -c).
     #[arg(long, requires = "config")]
     pub door: Option<String>,
-    /// Host to knock on.
+    /// Host to knock on (or to send the SPA packet to).
     pub host: String,
     /// Knocks: port[:tcp|udp] ...
     pub ports: Vec<String>,
+    #[command(flatten)]
+    pub spa: spa::SpaArgs,
 }
 
 #[derive(Debug, Error)]
@@ -54,6 +63,8 @@ pub enum KnockError {
     Config(#[from] crate::config::ConfigError),
     #[error("no door `{0}` in the config")]
     NoDoor(String),
+    #[error("SPA: {0}")]
+    Spa(String),
     #[error("sending to {0}: {1}")]
     Send(SocketAddr, std::io::Error),
 }
@@ -135,6 +146,9 @@ pub fn hit(ip: IpAddr, step: Step) -> Result<(), KnockError> {
 }
 
 pub fn run(args: &KnockArgs) -> Result<(), KnockError> {
+    if args.spa.spa {
+        return spa::run(args);
+    }
     let steps = plan(args)?;
     let ip = resolve(&args.host, args.ipv4, args.ipv6)?;
     for (i, step) in steps.iter().enumerate() {

@@ -1,4 +1,5 @@
-//! xknock: knock's client. Exits non-zero, with a reason, when it cannot knock.
+//! xknock: knock's client, and fwknop's with --spa. Exits non-zero, with a reason,
+//! when it cannot send.
 
 use std::process::ExitCode;
 

@@ -4,8 +4,9 @@
 //! A packet is `b64(Salted__ ‖ salt ‖ AES-256-CBC(plaintext))` without its
 //! first 10 chars, followed by a 43-char b64 HMAC-SHA256 of the full b64
 //! ciphertext. The plaintext is `rand:b64(user):time:version:type:b64(access)
-//! [:timeout]:digest`. See `/work/brief/spa-spec.md`'s sources: fwknop's
-//! `lib/fko_*.c`.
+//! [:timeout]:digest`. The facts come from fwknop 2.6.10's `lib/fko_*.c`,
+//! `lib/cipher_funcs.c` and `server/incoming_spa.c`, checked against
+//! Debian's fwknop and fwknopd (see the fixtures and tests/tests/spa_fwknopd.rs).
 //!
 //! The pieces, for the daemon:
 //! - [`SpaKeys`]: a door's keys, from `KEY_BASE64`/`HMAC_KEY_BASE64` or files.
