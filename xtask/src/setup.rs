@@ -12,9 +12,19 @@ use crate::{check, is_root};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// What the tests need (nftables/iptables/ipset for the firewall backends,
-/// knockd for interop).
-pub const TEST_PACKAGES: &[&str] =
-    &["nftables", "iptables", "ipset", "iproute2", "iputils-ping", "netcat-openbsd", "knockd"];
+/// knockd and fwknop's client and server for interop; Debian ships
+/// fwknop-server with START_DAEMON="no", so nothing starts on install).
+pub const TEST_PACKAGES: &[&str] = &[
+    "nftables",
+    "iptables",
+    "ipset",
+    "iproute2",
+    "iputils-ping",
+    "netcat-openbsd",
+    "knockd",
+    "fwknop-client",
+    "fwknop-server",
+];
 
 /// What `cargo xtask bench` adds: knockd to compare with, gnuplot-nox for the
 /// chart, iproute2 for the namespaces.
