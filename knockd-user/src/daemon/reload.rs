@@ -61,6 +61,9 @@ impl Daemon {
             if let Err(e) = self.knocker.set_knock_ports(&kernel_ports(&self.cfg)) {
                 log::error!("restoring the knock-port map: {e}");
             }
+            if let Err(e) = super::apply_kernel_steps(&mut self.knocker, &self.cfg) {
+                log::error!("restoring the first-step tables: {e}");
+            }
             return;
         }
         if new.options.interfaces != self.cfg.options.interfaces && !new.options.interfaces.is_empty() {
