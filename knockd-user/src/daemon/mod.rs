@@ -261,12 +261,11 @@ impl Daemon {
                     if self.limiter.admit(&door, src, monotonic_now()) == ratelimit::Verdict::Refused {
                         continue;
                     }
-                    let who = self.who(src);
-                    self.log.line(&knocklog::open_sesame(who, &door));
+                    let sesame = knocklog::open_sesame(self.who(src), &door);
                     if self.opts.lookup {
                         self.names.completed(src);
                     }
-                    self.open(src, &door).await;
+                    self.open(src, &door, sesame).await;
                 }
                 Outcome::Timeout { src, door, stage } => {
                     let who = self.who(src);
@@ -289,12 +288,21 @@ impl Daemon {
 
     /// OPEN SESAME: consume a one-time sequence first (so a crash can never
     /// let it be replayed), then open the gate and run the door's commands.
-    /// The gate thread does both, in that order, for a door with `open`.
-    async fn open(&mut self, src: IpAddr, name: &Arc<str>) {
+    /// The gate thread does both, in that order, for a door with `open`, and
+    /// logs `sesame` only once the window is in the kernel: whoever reads
+    /// OPEN SESAME may connect at once.
+    async fn open(&mut self, src: IpAddr, name: &Arc<str>, sesame: String) {
         let Some(door) = self.doors.get(name).cloned() else {
             return;
         };
+        let gated = door.open.is_some() && door_backend(&self.cfg, &door).is_some();
+        if !gated {
+            self.log.line(&sesame);
+        }
         if door.one_time_sequences.is_some() && !self.rotate_one_time(&door).await {
+            if gated {
+                self.log.line(&sesame);
+            }
             return;
         }
         let start = pick(door.start_command.as_deref(), door.start_command_6.as_deref(), src);
@@ -317,9 +325,11 @@ impl Daemon {
             ports: open.ports.clone(),
             duration: open.duration,
             commands,
+            sesame: sesame.clone(),
         };
         // Fail closed: a stalled firewall tool must not stall the loop.
         if let Err(e) = self.gates.open(req) {
+            self.log.line(&sesame);
             self.log.line(&format!("{}: not opening the gate for {src}: {e}", door.name));
         }
     }

@@ -43,6 +43,8 @@ pub struct OpenRequest {
     /// The door's commands, run once the gate is open, as before the gate
     /// moved off the loop.
     pub commands: Option<Commands>,
+    /// The door's OPEN SESAME line, logged once the window is in place.
+    pub sesame: String,
 }
 
 /// A door's start and stop commands for one knocker.
@@ -188,8 +190,10 @@ impl Worker {
     }
 
     fn open(&mut self, req: OpenRequest) {
-        let OpenRequest { door, backend, src, ports, duration, commands } = req;
-        if let Err(e) = self.gates.open(backend, &door, src, &ports, duration) {
+        let OpenRequest { door, backend, src, ports, duration, commands, sesame } = req;
+        let opened = self.gates.open(backend, &door, src, &ports, duration);
+        self.log.line(&sesame);
+        if let Err(e) = opened {
             self.log.line(&format!("{door}: opening the gate for {src} failed: {e}"));
         }
         if let Some(c) = commands {
@@ -278,6 +282,7 @@ mod tests {
             ports: Vec::new(),
             duration: Duration::from_secs(5),
             commands: None,
+            sesame: "192.0.2.1: d0: OPEN SESAME".into(),
         }
     }
 
