@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup|build|run|test|demo|bench|fuzz`.
+//! Project tasks: `cargo xtask setup|build|run|test|demo|bench|fuzz|fuzz-spa`.
 
 mod bench;
 mod demo;
@@ -53,10 +53,17 @@ enum Task {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// libFuzzer on the SPA decoder (knockd-user/fuzz, `cargo +nightly fuzz`).
+    FuzzSpa {
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
 }
 
 /// Frames of the fuzz run inside `cargo xtask test`.
 const TEST_FUZZ_FRAMES: u64 = 20_000;
+/// Seconds of the SPA decoder fuzz run inside `cargo xtask test`.
+const TEST_FUZZ_SPA_SECONDS: u64 = 20;
 
 fn main() -> Result<()> {
     match Cli::parse().task {
@@ -73,6 +80,7 @@ fn main() -> Result<()> {
             setup::run()?;
             fuzz(frames, seed)
         }
+        Task::FuzzSpa { seconds } => fuzz_spa(seconds),
     }
 }
 
@@ -163,6 +171,8 @@ fn test() -> Result<()> {
         println!("== bench --quick");
         bench::run(true, true)?;
     }
+    println!("== fuzz-spa ({TEST_FUZZ_SPA_SECONDS} s)");
+    fuzz_spa(TEST_FUZZ_SPA_SECONDS)?;
     // One closing line for the whole run: the per-binary summaries above end
     // with doc-test runs that have nothing to run.
     println!("{} passed, {} failed", tally.passed, tally.failed);
@@ -183,6 +193,29 @@ fn fuzz(frames: u64, seed: Option<u64>) -> Result<()> {
         args.extend(["--seed", seed]);
     }
     check(&mut cargo(&args)?)
+}
+
+/// Runs the SPA decoder's libFuzzer target for `seconds` from its committed
+/// seeds; fails on a crash (libFuzzer keeps the input under fuzz/artifacts).
+fn fuzz_spa(seconds: u64) -> Result<()> {
+    setup::ensure_toolchain()?;
+    setup::ensure_cargo_fuzz()?;
+    let fuzz_dir = workspace_root().join("knockd-user/fuzz");
+    // Fresh finds go to a scratch corpus; the committed seeds stay as they are.
+    let scratch = workspace_root().join("target/fuzz-spa-corpus");
+    std::fs::create_dir_all(&scratch)?;
+    let max_time = format!("-max_total_time={seconds}");
+    // The rustup proxy, not $CARGO: only it can switch to the nightly that
+    // libFuzzer's instrumentation needs.
+    let mut cmd = Command::new("cargo");
+    cmd.env("RUSTUP_TOOLCHAIN", "nightly")
+        .args(["fuzz", "run", "--fuzz-dir"])
+        .arg(&fuzz_dir)
+        .arg("spa_decode")
+        .arg(&scratch)
+        .arg(fuzz_dir.join("corpus/spa_decode"));
+    cmd.args(["--", &max_time]).current_dir(&fuzz_dir);
+    check(&mut cmd)
 }
 
 /// Sums cargo's `test result:` lines while passing its output through.

@@ -147,6 +147,16 @@ fn llvm_major(llvm: &Path) -> Result<u32> {
         .with_context(|| format!("cannot read the LLVM major version from {name}"))
 }
 
+/// cargo-fuzz, for `cargo xtask fuzz-spa` (built from crates.io once).
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    if Command::new("cargo").args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success()) {
+        println!("setup: cargo-fuzz present");
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz");
+    check(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]).env("RUSTUP_TOOLCHAIN", "stable"))
+}
+
 pub fn ensure_packages(pkgs: &[&str]) -> Result<()> {
     let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !dpkg_installed(p)).collect();
     if missing.is_empty() {

@@ -23,11 +23,16 @@ pub const MAX_WIRE_LEN: usize = 399;
 /// Builds the wire string for `msg` with a given salt (random in real use:
 /// see [`random_salt`]). Deterministic, so the spec's vectors reproduce.
 pub fn encode(keys: &SpaKeys, msg: &SpaMessage, salt: &[u8; SALT_LEN]) -> Result<String, EncodeError> {
-    let plain = plaintext::encode(msg)?;
-    let ct = crypto::encrypt(plain.as_bytes(), keys.enc(), salt);
+    Ok(seal(keys, plaintext::encode(msg)?.as_bytes(), salt))
+}
+
+/// Encrypts and authenticates any plaintext, unchecked: the wire form of
+/// [`encode`], and how the fuzzer reaches the parser behind the HMAC.
+pub fn seal(keys: &SpaKeys, plain: &[u8], salt: &[u8; SALT_LEN]) -> String {
+    let ct = crypto::encrypt(plain, keys.enc(), salt);
     let mac = crypto::hmac_b64(keys.hmac(), &ct);
     let body = ct.strip_prefix(SALTED_PREFIX).expect("the Salted__ header always encodes to this");
-    Ok(format!("{body}{mac}"))
+    format!("{body}{mac}")
 }
 
 /// Authenticates, decrypts and parses one datagram's payload.

@@ -39,7 +39,7 @@ pub mod policy;
 pub mod receive;
 pub mod replay;
 
-pub use codec::{decode, encode, random_digits, random_salt, replay_digest, DEFAULT_PORT};
+pub use codec::{decode, encode, random_digits, random_salt, replay_digest, seal, DEFAULT_PORT};
 pub use error::{DecodeError, EncodeError, KeyError, Refusal, ReplayError};
 pub use keys::SpaKeys;
 pub use message::{AccessSpec, MessageType, SpaMessage, SpaProto, PROTOCOL_VERSION};
