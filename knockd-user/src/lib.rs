@@ -11,6 +11,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod dynamic;
 pub mod events;
 pub mod gate;
 pub mod knocklog;
