@@ -7,7 +7,8 @@ use super::{
     error::ConfigError,
     model::{
         Backend, Door, Options, TcpFlags, DEFAULT_BPFFS_DIR, DEFAULT_CMD_TIMEOUT, DEFAULT_FIRST_STEP_SLOTS,
-        DEFAULT_MAX_SOURCES, DEFAULT_OPEN_BURST, DEFAULT_OPEN_RATE, DEFAULT_SEQ_TIMEOUT, DEFAULT_SWEEP_LIMIT,
+        DEFAULT_MAX_SOURCES, DEFAULT_OPEN_BURST, DEFAULT_OPEN_RATE, DEFAULT_SEQ_TIMEOUT, DEFAULT_STATE_DIR,
+        DEFAULT_SWEEP_LIMIT,
     },
     one_time::LiveLine,
 };
@@ -71,6 +72,7 @@ impl DraftDoor {
             stop_command_6: None,
             open: None,
             stealth: None,
+            spa: None,
         };
         DraftDoor { door, sequence_given: false, lines: DoorLines::new(header), one_time_lines: Vec::new() }
     }
@@ -109,5 +111,6 @@ pub(crate) fn default_options() -> Options {
         open_burst: DEFAULT_OPEN_BURST,
         first_step_slots: DEFAULT_FIRST_STEP_SLOTS,
         sweep_limit: Some(DEFAULT_SWEEP_LIMIT),
+        state_dir: PathBuf::from(DEFAULT_STATE_DIR),
     }
 }

@@ -67,6 +67,9 @@ fn emit_options(out: &mut String, options: &Options) {
         let limit = options.sweep_limit.map_or_else(|| "off".to_string(), |l| l.to_string());
         line(&mut body, 2, "sweep_limit", &limit);
     }
+    if options.state_dir != Path::new(super::model::DEFAULT_STATE_DIR) {
+        line(&mut body, 2, "state_dir", &quote_path(&options.state_dir));
+    }
     if !body.is_empty() {
         out.push_str("options:\n");
         out.push_str(&body);
@@ -79,6 +82,7 @@ fn emit_door(out: &mut String, door: &Door) {
     // after the first knock.
     match &door.one_time_sequences {
         Some(file) => line(out, 4, "one_time_sequences", &quote_path(file)),
+        None if door.sequence.is_empty() && door.spa.is_some() => {}
         None => line(out, 4, "sequence", &steps(&door.sequence)),
     }
     line(out, 4, "seq_timeout", &duration(door.seq_timeout));
@@ -94,6 +98,9 @@ fn emit_door(out: &mut String, door: &Door) {
     }
     if let Some(stealth) = door.stealth {
         line(out, 4, "stealth", &stealth.to_string());
+    }
+    if let Some(spa) = &door.spa {
+        super::spa::emit(out, spa);
     }
 }
 

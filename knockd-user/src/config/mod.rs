@@ -11,6 +11,7 @@ pub(crate) mod file_safety;
 mod knockd_conf;
 pub mod model;
 pub mod one_time;
+pub mod spa;
 mod validate;
 mod values;
 mod yaml;

@@ -97,6 +97,8 @@ pub struct Door {
     pub open: Option<OpenAction>,
     /// `None` means "use `Options::stealth`".
     pub stealth: Option<bool>,
+    /// Single-packet authorization (YAML only).
+    pub spa: Option<super::spa::SpaConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,6 +127,9 @@ pub struct Options {
     /// its attempts are dropped (YAML `sweep_limit`, default
     /// [`DEFAULT_SWEEP_LIMIT`]); `None` (`off`) is knockd's behaviour.
     pub sweep_limit: Option<u32>,
+    /// Where state that must survive a restart lives (YAML `state_dir`,
+    /// default [`DEFAULT_STATE_DIR`]): the SPA replay cache. Created 0700.
+    pub state_dir: PathBuf,
 }
 
 /// Where a config came from, so reloads and error messages can name it.
@@ -147,6 +152,7 @@ pub const DEFAULT_SEQ_TIMEOUT: Duration = Duration::from_secs(25);
 pub const DEFAULT_CMD_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_SOURCES: usize = 65_536;
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/xknockd";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/xknockd";
 pub const MAX_SEQUENCE_LEN: usize = 32;
 pub const DEFAULT_OPEN_RATE: u32 = 10;
 pub const DEFAULT_OPEN_BURST: u32 = 20;

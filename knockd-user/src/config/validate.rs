@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::{
-    capacity, disjoint,
+    capacity, disjoint, spa,
     draft::{Draft, DraftDoor},
     error::ConfigError,
     model::{Backend, OpenAction, Proto, Step, TcpFlags},
@@ -22,6 +22,7 @@ pub(crate) fn validate(draft: &Draft, path: &Path) -> Result<(), ConfigError> {
     check_distinguishable(&draft.doors, path)?;
     check_open_backends(draft, path)?;
     disjoint::check_drafts(&draft.doors, path)?;
+    spa::check_doors(&draft.doors, path)?;
     capacity::check_window_capacity(draft, path)
 }
 
@@ -30,11 +31,11 @@ fn check_door(draft: &DraftDoor, path: &Path) -> Result<(), ConfigError> {
     if door.name.is_empty() {
         return Err(ConfigError::new(path, draft.lines.header, "a door needs a name"));
     }
-    if !draft.sequence_given && door.one_time_sequences.is_none() {
+    if !draft.sequence_given && door.one_time_sequences.is_none() && door.spa.is_none() {
         let message = format!("door `{}` has no `sequence` (nor `one_time_sequences`)", door.name);
         return Err(ConfigError::new(path, draft.lines.header, message));
     }
-    if !is_used_up(draft) {
+    if !is_used_up(draft) && !spa_only(draft) {
         check_sequence_len(&door.sequence).map_err(|m| draft.error(path, draft.sequence_key(), m))?;
     }
     // knockd expires an attempt once `now - start >= seq_timeout`, so 0 kills every
@@ -80,7 +81,7 @@ fn check_distinguishable(doors: &[DraftDoor], path: &Path) -> Result<(), ConfigE
 fn conflict(a: &DraftDoor, b: &DraftDoor) -> Option<String> {
     let (sa, sb) = (&a.door.sequence, &b.door.sequence);
     // A disabled door matches nothing, so it is no prefix of anything.
-    if is_used_up(a) || is_used_up(b) {
+    if is_used_up(a) || is_used_up(b) || spa_only(a) || spa_only(b) {
         return None;
     }
     if effective_flags(a) != effective_flags(b) || a.door.target != b.door.target {
@@ -136,6 +137,11 @@ fn check_open_backends(draft: &Draft, path: &Path) -> Result<(), ConfigError> {
 fn door_gate(door: &DraftDoor, default: Backend) -> Option<(&OpenAction, Backend)> {
     let open = door.door.open.as_ref()?;
     Some((open, open.backend.unwrap_or(default)))
+}
+
+/// A door opened by SPA packets alone: it has no knock sequence.
+fn spa_only(door: &DraftDoor) -> bool {
+    door.door.spa.is_some() && !door.sequence_given && door.door.one_time_sequences.is_none()
 }
 
 /// A one-time door whose file has no live line left: disabled, still protecting.

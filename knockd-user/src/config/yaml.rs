@@ -8,6 +8,7 @@ use super::{
     draft::{default_options, Draft, DraftDoor},
     error::{unknown_key_message, ConfigError},
     model::{OpenAction, Options},
+    spa,
     yaml_de::{
         AtLeastOneDe, BackendDe, DurationDe, InterfacesDe, MaxSourcesDe, OpenPortDe, OrderedMap, SequenceDe,
         SlotsDe, SweepLimitDe, TargetDe, TcpFlagsDe, MARK,
@@ -30,6 +31,7 @@ const DOOR_KEYS: &[&str] = &[
     "stop_command_6",
     "open",
     "stealth",
+    "spa",
 ];
 const OPEN_KEYS: &[&str] = &["ports", "duration", "backend"];
 
@@ -55,6 +57,7 @@ struct RawOptions {
     open_burst: Option<AtLeastOneDe>,
     first_step_slots: Option<SlotsDe>,
     sweep_limit: Option<SweepLimitDe>,
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Default, Deserialize)]
@@ -74,6 +77,7 @@ struct RawDoor {
     stop_command_6: Option<String>,
     open: Option<RawOpen>,
     stealth: Option<bool>,
+    spa: Option<spa::RawSpa>,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +118,7 @@ fn convert_options(raw: RawOptions) -> Options {
         open_burst: raw.open_burst.map_or(defaults.open_burst, |b| b.0),
         first_step_slots: raw.first_step_slots.map_or(defaults.first_step_slots, |s| s.0),
         sweep_limit: raw.sweep_limit.map_or(defaults.sweep_limit, |s| s.0),
+        state_dir: raw.state_dir.unwrap_or(defaults.state_dir),
     }
 }
 
@@ -148,6 +153,9 @@ fn convert_door(
     if let Some(open) = raw.open {
         draft.door.open = Some(convert_open(open, &draft, path)?);
     }
+    if let Some(raw_spa) = raw.spa {
+        draft.door.spa = Some(spa::convert(raw_spa, &draft, path)?);
+    }
     Ok(draft)
 }
 
@@ -180,9 +188,11 @@ fn record_key_lines(draft: &mut DraftDoor, lines: &KeyLines) {
     for (key, line) in lines.children(&["doors", &name]) {
         draft.lines.set(canonical_key(key), key, line);
     }
-    for (key, line) in lines.children(&["doors", &name, "open"]) {
-        let dotted = format!("open.{key}");
-        draft.lines.set(&dotted, &dotted, line);
+    for block in ["open", "spa"] {
+        for (key, line) in lines.children(&["doors", &name, block]) {
+            let dotted = format!("{block}.{key}");
+            draft.lines.set(&dotted, &dotted, line);
+        }
     }
 }
 
@@ -259,6 +269,9 @@ fn key_from_path(yaml_path: &str) -> Option<String> {
     let (head, last) = path.strip_prefix("doors.")?.rsplit_once('.')?;
     if OPEN_KEYS.contains(&last) && head.ends_with(".open") {
         return Some(format!("open.{last}"));
+    }
+    if spa::SPA_KEYS.contains(&last) && head.ends_with(".spa") {
+        return Some(format!("spa.{last}"));
     }
     DOOR_KEYS.contains(&last).then(|| last.to_string())
 }

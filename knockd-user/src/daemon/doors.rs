@@ -185,6 +185,7 @@ mod tests {
             stop_command_6: None,
             open: None,
             stealth: None,
+            spa: None,
         }
     }
 
@@ -205,6 +206,7 @@ mod tests {
                 open_burst: 20,
                 first_step_slots: 1 << 20,
                 sweep_limit: Some(2),
+                state_dir: PathBuf::from("/nonexistent"),
             },
             doors,
         }

@@ -259,6 +259,7 @@ pub(super) mod tests {
                 backend: Some(*backend),
             }),
             stealth: None,
+            spa: None,
         };
         Config {
             path: PathBuf::from("t.yaml"),
@@ -276,6 +277,7 @@ pub(super) mod tests {
                 open_burst: 20,
                 first_step_slots: 1 << 20,
                 sweep_limit: Some(2),
+                state_dir: PathBuf::from("/nonexistent"),
             },
             doors: doors.iter().enumerate().map(|(i, d)| door(i, d)).collect(),
         }

@@ -5,6 +5,7 @@ mod conf;
 mod disjoint;
 mod emit;
 mod one_time;
+mod spa;
 mod steps;
 mod support;
 mod validate;
