@@ -26,9 +26,8 @@
 mod check;
 
 use std::{
-    io::Write,
     net::IpAddr,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -116,9 +115,9 @@ impl IptablesGate {
 
 fn probe(program: &str, args: &[&str], package: &str) -> Result<(), GateError> {
     let unavailable = |why: String| GateError::Unavailable { backend: Backend::Iptables, why };
-    let out = match Command::new(program).args(args).output() {
+    let out = match super::tool::output(Command::new(program).args(args), None) {
         Ok(out) => out,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(GateError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(unavailable(format!("{program} not found in PATH (apt install {package})")))
         }
         Err(e) => return Err(unavailable(format!("cannot run {program}: {e}"))),
@@ -265,7 +264,7 @@ fn iptables(family: Family) -> Command {
 /// Whether INPUT jumps to our chain. `-C` also fails when the chain does not
 /// exist yet, which means the same thing here: the jump must be added.
 fn has_jump(family: Family) -> Result<bool, GateError> {
-    let out = iptables(family).args(["-C", "INPUT", "-j", CHAIN]).output()?;
+    let out = super::tool::output(iptables(family).args(["-C", "INPUT", "-j", CHAIN]), None)?;
     Ok(out.status.success())
 }
 
@@ -279,7 +278,8 @@ fn rules_text(family: Family) -> Result<String, GateError> {
 /// One family's set as `ipset list -output save` prints it, or `None` when
 /// it does not exist.
 fn list_set(family: Family) -> Result<Option<String>, GateError> {
-    let out = Command::new("ipset").args(["list", family.set(), "-output", "save"]).output()?;
+    let out =
+        super::tool::output(Command::new("ipset").args(["list", family.set(), "-output", "save"]), None)?;
     if out.status.success() {
         return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
     }
@@ -294,7 +294,7 @@ fn list_set(family: Family) -> Result<Option<String>, GateError> {
 }
 
 fn has_chain(family: Family) -> Result<bool, GateError> {
-    let out = iptables(family).args(["-S", CHAIN]).output()?;
+    let out = super::tool::output(iptables(family).args(["-S", CHAIN]), None)?;
     Ok(out.status.success())
 }
 
@@ -388,17 +388,15 @@ fn restore_script(family: Family, ports: &[Step], seen: &check::Seen) -> String 
 /// Feeds `script` to `iptables-restore -w --noflush` (or ip6tables-restore).
 fn restore(family: Family, script: &str) -> Result<(), GateError> {
     let mut cmd = Command::new(family.restore());
-    cmd.args(["-w", "--noflush"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = cmd.spawn()?;
-    let written = child.stdin.take().expect("piped stdin").write_all(script.as_bytes());
-    let out = child.wait_with_output()?;
+    cmd.args(["-w", "--noflush"]);
+    let out = super::tool::output(&mut cmd, Some(script.as_bytes()))?;
     if !out.status.success() {
         return Err(GateError::Command {
             cmd: format!("{cmd:?} <<< {script:?}"),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    Ok(written?)
+    Ok(())
 }
 
 /// Windows from `ipset list SET -output save` (or `ipset save`) text. Lines

@@ -6,6 +6,7 @@
 pub mod iptables;
 mod memory;
 pub mod nftables;
+pub(crate) mod tool;
 
 use std::{net::IpAddr, time::Duration};
 
@@ -36,6 +37,9 @@ pub enum GateError {
     Unavailable { backend: Backend, why: String },
     #[error("`{cmd}` failed: {stderr}")]
     Command { cmd: String, stderr: String },
+    /// The tool hung and was killed; what it was asked to do counts as failed.
+    #[error("`{cmd}` did not finish within {after:?} and was killed")]
+    Deadline { cmd: String, after: Duration },
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -100,9 +104,10 @@ pub fn protected_by_backend(cfg: &Config) -> Vec<(Backend, Vec<Protected>)> {
     out
 }
 
-/// Runs a command, mapping a failure to `GateError::Command` with its stderr.
+/// Runs a command within [`tool::DEADLINE`], mapping a failure to
+/// `GateError::Command` with its stderr.
 pub(crate) fn run(cmd: &mut std::process::Command) -> Result<std::process::Output, GateError> {
-    let out = cmd.output()?;
+    let out = tool::output(cmd, None)?;
     if !out.status.success() {
         return Err(GateError::Command {
             cmd: format!("{cmd:?}"),

@@ -41,9 +41,8 @@ mod listing;
 
 use std::{
     collections::BTreeSet,
-    io::Write,
     net::IpAddr,
-    process::{Command, Output, Stdio},
+    process::{Command, Output},
     time::{Duration, Instant},
 };
 
@@ -76,8 +75,8 @@ impl NftGate {
     /// Checks that `nft` runs and that the kernel accepts our whole ruleset.
     pub fn new() -> Result<NftGate, GateError> {
         let unavailable = |why: String| GateError::Unavailable { backend: Backend::Nftables, why };
-        match Command::new("nft").arg("--version").output() {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        match super::tool::output(Command::new("nft").arg("--version"), None) {
+            Err(GateError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(unavailable("nft not found in PATH (apt install nftables)".into()))
             }
             Err(e) => return Err(unavailable(format!("cannot run nft: {e}"))),
@@ -374,30 +373,21 @@ fn apply(doc: &Value) -> Result<(), GateError> {
 
 /// Feeds `doc` to `nft -j -f -`: one document, one kernel transaction.
 fn apply_with(flags: &[&str], doc: &Value) -> Result<(), GateError> {
-    let mut child = Command::new("nft")
-        .args(flags)
-        .args(["-j", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    // On a write error nft has died; its exit status and stderr say why.
-    let written = stdin.write_all(doc.to_string().as_bytes());
-    drop(stdin);
-    let out = child.wait_with_output()?;
+    let text = doc.to_string();
+    let out =
+        super::tool::output(Command::new("nft").args(flags).args(["-j", "-f", "-"]), Some(text.as_bytes()))?;
     if !out.status.success() {
         return Err(GateError::Command {
             cmd: format!("nft {} -j -f - <<< {doc}", flags.join(" ")),
             stderr: stderr(&out),
         });
     }
-    Ok(written?)
+    Ok(())
 }
 
 /// Our table as `nft -j list table` prints it, or `None` if there is none.
 fn list_table() -> Result<Option<Value>, GateError> {
-    let out = Command::new("nft").args(["-j", "list", "table", FAMILY, TABLE]).output()?;
+    let out = super::tool::output(Command::new("nft").args(["-j", "list", "table", FAMILY, TABLE]), None)?;
     if out.status.success() {
         return serde_json::from_slice(&out.stdout)
             .map(Some)
