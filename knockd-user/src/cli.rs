@@ -49,9 +49,14 @@ pub struct DaemonArgs {
     /// Print the config as native YAML and exit.
     #[arg(long)]
     pub convert: bool,
-    /// List open gate windows (door, address, port, time left) from kernel state.
+    /// Ask the running daemon (on the socket beside its pid file) for its
+    /// doors, attempts in progress, open windows and per-door counters; with
+    /// no daemon, list open gate windows from kernel state.
     #[arg(long, conflicts_with_all = ["check", "convert", "flush"])]
     pub status: bool,
+    /// With --status: print JSON.
+    #[arg(long, requires = "status")]
+    pub json: bool,
     /// Remove every firewall table, chain, set, pin and map xknockd owns, then exit.
     #[arg(long, conflicts_with_all = ["check", "convert", "daemon"])]
     pub flush: bool,

@@ -255,6 +255,7 @@ impl Inner {
             Ok(mut child) => child.wait().await,
             Err(e) => Err(e),
         };
+        crate::metrics::events().command_ran(door, matches!(&status, Ok(s) if s.success()));
         let line = match status {
             Ok(status) => exit_line(door, status),
             Err(e) => Some(knocklog::spawn_failed(door, e)),

@@ -24,6 +24,11 @@ pub const TEST_PACKAGES: &[&str] = &[
     "knockd",
     "fwknop-client",
     "fwknop-server",
+    // Issue 12: a real parser for the metrics test, man(1) and dpkg for the
+    // package test.
+    "python3-prometheus-client",
+    "man-db",
+    "dpkg",
 ];
 
 /// What `cargo xtask bench` adds: knockd to compare with, gnuplot-nox for the
@@ -155,6 +160,16 @@ pub fn ensure_cargo_fuzz() -> Result<()> {
     }
     println!("setup: installing cargo-fuzz");
     check(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]).env("RUSTUP_TOOLCHAIN", "stable"))
+}
+
+/// cargo-deb, for `cargo xtask deb` (built from crates.io once).
+pub fn ensure_cargo_deb() -> Result<()> {
+    if Command::new("cargo").args(["deb", "--version"]).output().is_ok_and(|o| o.status.success()) {
+        println!("setup: cargo-deb present");
+        return Ok(());
+    }
+    println!("setup: installing cargo-deb");
+    check(Command::new("cargo").args(["install", "cargo-deb", "--locked"]).env("RUSTUP_TOOLCHAIN", "stable"))
 }
 
 pub fn ensure_packages(pkgs: &[&str]) -> Result<()> {

@@ -16,6 +16,7 @@ use xknock::{
     knocklog::{KnockLog, LogConfig},
     pidfile::PidFile,
     process::{daemonize, Readiness},
+    status,
 };
 
 fn main() -> ExitCode {
@@ -59,8 +60,7 @@ fn real_main(args: DaemonArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if args.status {
-        print!("{}", admin::status(&cfg)?);
-        return Ok(ExitCode::SUCCESS);
+        return status(&args, &cfg);
     }
     if args.install_gate {
         let opts = run_options(&args, &cfg);
@@ -69,13 +69,13 @@ fn real_main(args: DaemonArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let opts = run_options(&args, &cfg);
+    let mut opts = run_options(&args, &cfg);
     let log_file = args.logfile.clone().or_else(|| cfg.options.log_file.clone());
     let use_syslog = cfg.options.use_syslog;
     let echo = (log_file.is_none() && !use_syslog) || args.verbose || args.debug;
     let log_cfg = LogConfig { log_file, use_syslog, echo };
-    let pid_path: PathBuf =
-        args.pidfile.clone().or_else(|| cfg.options.pid_file.clone()).unwrap_or(DEFAULT_PIDFILE.into());
+    let pid_path = pid_path(&args, &cfg);
+    opts.status_socket = Some(status::socket_path(&pid_path));
     let ready = if args.daemon { Some(daemonize().context("detaching")?) } else { None };
     serve(cfg, opts, log_cfg, &pid_path, ready)?;
     Ok(ExitCode::SUCCESS)
@@ -125,6 +125,26 @@ fn start_up(
     Ok((pid, daemon))
 }
 
+fn pid_path(args: &DaemonArgs, cfg: &Config) -> PathBuf {
+    args.pidfile.clone().or_else(|| cfg.options.pid_file.clone()).unwrap_or(DEFAULT_PIDFILE.into())
+}
+
+/// `--status [--json]`: the daemon's answer on the socket beside its pid
+/// file, or kernel state when none answers.
+fn status(args: &DaemonArgs, cfg: &Config) -> Result<ExitCode> {
+    let socket = status::socket_path(&pid_path(args, cfg));
+    let report = status::client::status(&socket, cfg)?;
+    if report.origin == status::Origin::Kernel {
+        eprintln!("xknockd: no daemon answered on {}: open windows from kernel state", socket.display());
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", status::render(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `--flush` works without a readable config: it then uses the default
 /// bpffs directory.
 fn flush(cfg: Option<Config>) -> ExitCode {
@@ -155,5 +175,11 @@ fn run_options(args: &DaemonArgs, cfg: &Config) -> RunOptions {
     } else {
         vec!["eth0".to_string()] // knockd's default
     };
-    RunOptions { interfaces, xdp_mode: args.xdp_mode, only_ipv4: args.only_ipv4, lookup: args.lookup }
+    RunOptions {
+        interfaces,
+        xdp_mode: args.xdp_mode,
+        only_ipv4: args.only_ipv4,
+        lookup: args.lookup,
+        status_socket: None,
+    }
 }

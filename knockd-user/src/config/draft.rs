@@ -112,5 +112,6 @@ pub(crate) fn default_options() -> Options {
         first_step_slots: DEFAULT_FIRST_STEP_SLOTS,
         sweep_limit: Some(DEFAULT_SWEEP_LIMIT),
         state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+        metrics_listen: None,
     }
 }

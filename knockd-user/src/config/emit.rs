@@ -70,6 +70,9 @@ fn emit_options(out: &mut String, options: &Options) {
     if options.state_dir != Path::new(super::model::DEFAULT_STATE_DIR) {
         line(&mut body, 2, "state_dir", &quote_path(&options.state_dir));
     }
+    if let Some(addr) = options.metrics_listen {
+        line(&mut body, 2, "metrics_listen", &format!("\"{addr}\""));
+    }
     if !body.is_empty() {
         out.push_str("options:\n");
         out.push_str(&body);

@@ -130,6 +130,8 @@ pub struct Options {
     /// Where state that must survive a restart lives (YAML `state_dir`,
     /// default [`DEFAULT_STATE_DIR`]): the SPA replay cache. Created 0700.
     pub state_dir: PathBuf,
+    /// Where `GET /metrics` is served (YAML `metrics_listen`); `None`: nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Where a config came from, so reloads and error messages can name it.

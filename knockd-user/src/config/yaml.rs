@@ -10,8 +10,8 @@ use super::{
     model::{OpenAction, Options},
     spa,
     yaml_de::{
-        AtLeastOneDe, BackendDe, DurationDe, InterfacesDe, MaxSourcesDe, OpenPortDe, OrderedMap, SequenceDe,
-        SlotsDe, SweepLimitDe, TargetDe, TcpFlagsDe, MARK,
+        AtLeastOneDe, BackendDe, DurationDe, InterfacesDe, ListenDe, MaxSourcesDe, OpenPortDe, OrderedMap,
+        SequenceDe, SlotsDe, SweepLimitDe, TargetDe, TcpFlagsDe, MARK,
     },
     yaml_lines::KeyLines,
 };
@@ -58,6 +58,7 @@ struct RawOptions {
     first_step_slots: Option<SlotsDe>,
     sweep_limit: Option<SweepLimitDe>,
     state_dir: Option<PathBuf>,
+    metrics_listen: Option<ListenDe>,
 }
 
 #[derive(Default, Deserialize)]
@@ -119,6 +120,7 @@ fn convert_options(raw: RawOptions) -> Options {
         first_step_slots: raw.first_step_slots.map_or(defaults.first_step_slots, |s| s.0),
         sweep_limit: raw.sweep_limit.map_or(defaults.sweep_limit, |s| s.0),
         state_dir: raw.state_dir.unwrap_or(defaults.state_dir),
+        metrics_listen: raw.metrics_listen.map(|l| l.0),
     }
 }
 

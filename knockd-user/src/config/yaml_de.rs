@@ -105,6 +105,11 @@ scalar_type!(TcpFlagsDe, TcpFlags, "tcp flags like \"syn,!ack\"", None, parse_tc
 scalar_type!(TargetDe, IpAddr, "an IP address", None, parse_target);
 scalar_type!(BackendDe, Backend, "nftables, iptables or xdp", None, parse_backend);
 scalar_type!(InterfaceDe, String, "an interface name", None, parse_interface);
+scalar_type!(ListenDe, std::net::SocketAddr, "an address and port like \"127.0.0.1:9707\"", None, |s| {
+    let s = s.trim();
+    s.parse()
+        .map_err(|_| format!("`{s}` is not an address and port like \"127.0.0.1:9707\" or \"[::1]:9707\""))
+});
 scalar_type!(MaxSourcesDe, usize, "a number of sources (at least 1)", Some(max_sources), |s| s
     .trim()
     .parse::<i128>()

@@ -207,6 +207,7 @@ mod tests {
                 first_step_slots: 1 << 20,
                 sweep_limit: Some(2),
                 state_dir: PathBuf::from("/nonexistent"),
+                metrics_listen: None,
             },
             doors,
         }

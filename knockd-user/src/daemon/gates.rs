@@ -278,6 +278,7 @@ pub(super) mod tests {
                 first_step_slots: 1 << 20,
                 sweep_limit: Some(2),
                 state_dir: PathBuf::from("/nonexistent"),
+                metrics_listen: None,
             },
             doors: doors.iter().enumerate().map(|(i, d)| door(i, d)).collect(),
         }

@@ -6,6 +6,7 @@ pub mod gates;
 mod links;
 mod names;
 mod onetime;
+mod ops;
 mod ratelimit;
 mod reload;
 mod worker;
@@ -30,6 +31,7 @@ use crate::{
     events::{monotonic_now, EventStream, KnockRecord, RecordKind},
     gate::door_backend,
     knocklog::{self, KnockLog},
+    metrics,
     tracker::{Input, Knock, Outcome, Tracker},
 };
 
@@ -49,6 +51,8 @@ pub struct RunOptions {
     pub xdp_mode: AttachMode,
     pub only_ipv4: bool,
     pub lookup: bool,
+    /// Where `xknockd --status` finds the daemon; `None`: no socket.
+    pub status_socket: Option<std::path::PathBuf>,
 }
 
 /// Whether any door opens through `backend`.
@@ -68,12 +72,14 @@ pub struct Daemon {
     names: names::Names,
     gates: worker::GateWorker,
     limiter: ratelimit::OpenLimiter,
+    ops: ops::Ops,
 }
 
 impl Daemon {
     /// Loads the XDP program, fills its maps and attaches it. Nothing is
     /// attached if any step before attaching fails.
     pub fn start(cfg: Config, opts: RunOptions, log: Arc<KnockLog>) -> Result<Self> {
+        let ops = ops::Ops::bind(&cfg, opts.status_socket.as_deref())?;
         // The XDP gate must outlive us, so its maps and links are pinned.
         let xdp_gate = uses_backend(&cfg, Backend::Xdp);
         let tables = Tables {
@@ -112,6 +118,7 @@ impl Daemon {
             names: names::Names::default(),
             gates,
             limiter,
+            ops,
         })
     }
 
@@ -130,6 +137,7 @@ impl Daemon {
     /// Runs until SIGINT or SIGTERM, then closes every door it opened.
     pub async fn run(mut self) -> Result<()> {
         let mut events = EventStream::new(self.knocker.take_events()?)?;
+        let mut queries = self.ops.serve()?;
         let mut addr_watch = AddrWatcher::new().context("subscribing to address changes")?;
         // A device replaced before we subscribed sends no further notice.
         self.sync_links();
@@ -170,6 +178,9 @@ impl Daemon {
                 _ = int.recv() => break,
                 _ = term.recv() => break,
                 _ = usr1.recv() => log::info!("{}", self.stats()),
+                Some(q) = queries.recv() => {
+                    let _ = q.send(self.view());
+                }
             }
         }
         self.shutdown().await;
@@ -252,6 +263,7 @@ impl Daemon {
         for o in out {
             match o {
                 Outcome::Stage { src, door, stage } => {
+                    metrics::events().stage(&door, stage);
                     let who = self.who(src);
                     self.log.line(&knocklog::stage(who, &door, stage));
                 }
@@ -259,8 +271,10 @@ impl Daemon {
                     // Over the limit: not even OPEN SESAME, so a flood cannot
                     // flood the log either; `on_tick` reports the count.
                     if self.limiter.admit(&door, src, monotonic_now()) == ratelimit::Verdict::Refused {
+                        metrics::events().refused(&door, 1);
                         continue;
                     }
+                    metrics::events().door_opened(&door);
                     let sesame = knocklog::open_sesame(self.who(src), &door);
                     if self.opts.lookup {
                         self.names.completed(src);
@@ -268,10 +282,12 @@ impl Daemon {
                     self.open(src, &door, sesame).await;
                 }
                 Outcome::Timeout { src, door, stage } => {
+                    metrics::events().timeout(&door);
                     let who = self.who(src);
                     self.log.line(&knocklog::seq_timeout(who, &door, stage));
                 }
                 Outcome::Swept { src, door, count } => {
+                    metrics::events().swept(door.as_deref());
                     let who = self.who(src);
                     let what = format!("sweep guard: {count} packets to other ports");
                     self.log.line(&match door {
@@ -329,6 +345,7 @@ impl Daemon {
         };
         // Fail closed: a stalled firewall tool must not stall the loop.
         if let Err(e) = self.gates.open(req) {
+            metrics::events().gate_failed(&door.name);
             self.log.line(&sesame);
             self.log.line(&format!("{}: not opening the gate for {src}: {e}", door.name));
         }

@@ -194,6 +194,7 @@ impl Worker {
         let opened = self.gates.open(backend, &door, src, &ports, duration);
         self.log.line(&sesame);
         if let Err(e) = opened {
+            crate::metrics::events().gate_failed(&door);
             self.log.line(&format!("{door}: opening the gate for {src} failed: {e}"));
         }
         if let Some(c) = commands {

@@ -94,6 +94,18 @@ pub enum Outcome {
     Swept { src: IpAddr, door: Option<Arc<str>>, count: u16 },
 }
 
+/// An attempt in progress, as [`Tracker::attempts`] shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptView {
+    pub src: IpAddr,
+    pub door: Arc<str>,
+    /// Steps matched so far (the stage logged last).
+    pub matched: usize,
+    pub steps: usize,
+    /// Monotonic time at which it times out.
+    pub deadline: Duration,
+}
+
 type DoorId = usize;
 
 #[derive(Debug)]
@@ -287,6 +299,24 @@ impl Tracker {
 
     pub fn evictions(&self) -> u64 {
         self.evictions
+    }
+
+    /// Every attempt in progress, for `xknockd --status` and the metrics.
+    pub fn attempts(&self) -> Vec<AttemptView> {
+        let mut all = Vec::new();
+        for (src, source) in &self.sources {
+            for a in &source.attempts {
+                let door = &self.doors[a.door];
+                all.push(AttemptView {
+                    src: *src,
+                    door: Arc::clone(&door.name),
+                    matched: a.matched,
+                    steps: door.sequence.len(),
+                    deadline: a.deadline,
+                });
+            }
+        }
+        all
     }
 
     /// Whether knockd's capture filter would have passed the packet: some

@@ -4,6 +4,7 @@ mod capacity;
 mod conf;
 mod disjoint;
 mod emit;
+mod metrics_listen;
 mod one_time;
 mod spa;
 mod steps;
