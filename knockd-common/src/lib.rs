@@ -57,7 +57,15 @@ pub mod counter {
     pub const SWEEP_DROPPED: u32 = 13;
     /// Pairs whose source did not fit in `ACTIVE` (its later steps are lost).
     pub const ACTIVE_FULL: u32 = 14;
-    pub const COUNT: u32 = 15;
+    /// SPA datagrams handed to the daemon.
+    pub const SPA_CAPTURED: u32 = 15;
+    /// SPA datagrams dropped by their source's token bucket.
+    pub const SPA_LIMITED: u32 = 16;
+    /// SPA datagrams lost because the SPA ring was full.
+    pub const SPA_RING_FULL: u32 = 17;
+    /// Datagrams to an SPA port with a length no SPA packet has (dropped).
+    pub const SPA_BAD_LEN: u32 = 18;
+    pub const COUNT: u32 = 19;
 }
 
 /// A (port, proto) pair, as the daemon names knock ports.
@@ -203,5 +211,7 @@ mod pod {
     unsafe impl aya::Pod for ActiveKey {}
 }
 
+pub mod spa;
 pub mod steps;
+pub use spa::*;
 pub use steps::*;

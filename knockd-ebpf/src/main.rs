@@ -9,6 +9,7 @@
 mod first_step;
 mod gate;
 mod parse;
+mod spa;
 mod sweep;
 
 use aya_ebpf::{
@@ -20,7 +21,7 @@ use aya_ebpf::{
 };
 use knockd_common::{
     counter, port_slot, AddrMark, KnockEvent, PortRule, ADDR_LOCAL, EVENT_KNOCK, FAMILY_V4, MAX_LOCAL_ADDRS,
-    PORT_KNOCK, PORT_SLOTS, PORT_STEALTH, PROTO_TCP, RING_BYTES,
+    PORT_KNOCK, PORT_SLOTS, PORT_STEALTH, PROTO_TCP, PROTO_UDP, RING_BYTES,
 };
 use parse::{locate_l4, ptr_at, read_be16, read_u8, Stop, L4};
 
@@ -55,6 +56,11 @@ fn try_xknock(ctx: &XdpContext) -> Option<u32> {
         Err(Stop::Unclassified) => return gate::unclassified(),
     };
     let dst_port = read_be16(ctx, l4.l4 + 2)?;
+    if l4.proto == PROTO_UDP {
+        if let Some(action) = spa::check(ctx, &l4, dst_port) {
+            return Some(action);
+        }
+    }
     let flags = if l4.proto == PROTO_TCP { read_u8(ctx, l4.l4 + 13)? } else { 0 };
     let slot = port_slot(dst_port, l4.proto);
     // A plain array load: a concurrent update gives the old or new rule.

@@ -6,6 +6,7 @@ mod iface;
 mod links;
 mod pins;
 mod slots;
+pub mod spa;
 mod steps;
 
 use std::{
