@@ -99,10 +99,14 @@ impl KnockLog {
     }
 
     fn write_file(&self, msg: &str) {
-        let guard = self.lock_file();
-        let Some(mut file) = guard.as_ref() else {
+        let mut guard = self.lock_file();
+        let Some(file) = guard.as_mut() else {
             return;
         };
+        if unlinked(file) {
+            self.recreate(file);
+        }
+        let mut file = &*file;
         let buf = format!("{}{msg}\n", timestamp_prefix());
         // One write(2) with O_APPEND keeps lines whole even if another process shares the file.
         if let Err(e) = file.write_all(buf.as_bytes()) {
@@ -110,10 +114,30 @@ impl KnockLog {
         }
     }
 
+    /// Someone removed the log file: lines written to the unlinked inode
+    /// would reach nobody, so say so and write to a new one.
+    fn recreate(&self, file: &mut File) {
+        let Some(path) = self.cfg.log_file.as_deref() else {
+            return;
+        };
+        match open_log_file(path) {
+            Ok(new) => {
+                log::warn!("log file {} was deleted; created it again", path.display());
+                *file = new;
+            }
+            Err(e) => log::warn!("log file {} was deleted and cannot be created again: {e}", path.display()),
+        }
+    }
+
     fn lock_file(&self) -> MutexGuard<'_, Option<File>> {
         // A panic elsewhere while holding the lock must not silence logging for good.
         self.file.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn unlinked(file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().is_ok_and(|m| m.nlink() == 0)
 }
 
 fn open_log_file(path: &Path) -> io::Result<File> {
@@ -422,6 +446,17 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(strip_prefix(&got[0]), "1.2.3.4: openSSH: OPEN SESAME");
         assert_eq!(strip_prefix(&got[1]), "two lines");
+    }
+
+    #[test]
+    fn a_deleted_log_file_is_created_again() {
+        let path = temp_path("deleted");
+        let log = KnockLog::open(LogConfig { log_file: Some(path.clone()), ..Default::default() }).unwrap();
+        log.line("before");
+        std::fs::remove_file(&path).unwrap();
+        log.line("after");
+        let got: Vec<String> = lines(&path).iter().map(|l| strip_prefix(l).to_owned()).collect();
+        assert_eq!(got, ["after"]);
     }
 
     #[test]
