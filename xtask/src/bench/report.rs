@@ -458,7 +458,7 @@ fn json(r: &Results) -> serde_json::Value {
         "release": r.release,
         "wall_s": r.wall.as_secs_f64(),
         "machine": machine().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
-        "counter_order": ["frames", "knock_hits", "flag_mismatch", "ringbuf_full", "not_local", "gate_drop", "gate_pass", "stealth_drop", "unclassified_drop", "first_step", "pairs", "orphan_step", "sweep_counted", "sweep_dropped", "active_full"],
+        "counter_order": ["frames", "knock_hits", "flag_mismatch", "ringbuf_full", "not_local", "gate_drop", "gate_pass", "stealth_drop", "unclassified_drop", "first_step", "pairs", "orphan_step", "sweep_counted", "sweep_dropped", "active_full", "spa_captured", "spa_limited", "spa_ring_full", "spa_bad_len"],
         "testrun": {
             "rounds": r.testrun.rounds,
             "repeat": r.testrun.repeat,
