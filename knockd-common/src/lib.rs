@@ -8,21 +8,35 @@ pub const FAMILY_V6: u8 = 6;
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+/// ICMP echo requests, and ICMPv6 ones (next header 58) too: one kind of
+/// step for both families, whose "port" is the echo payload length.
+pub const PROTO_ICMP: u8 = 1;
 
 /// Ring buffer size in bytes: a power-of-two number of pages. At 64 bytes a
 /// record this holds 16 K knocks, enough to ride out a burst while the daemon
 /// is descheduled.
 pub const RING_BYTES: u32 = 1 << 20;
 
-/// Slots of the per-port arrays: one per (proto, port), TCP then UDP. Array
-/// lookups are inlined by the verifier, so a frame to an ordinary port costs
-/// two loads rather than a hash computation.
-pub const PORT_SLOTS: u32 = 2 * 65_536;
+/// ICMP echo payload lengths with a slot: enough for one frame at any
+/// usual MTU. Longer echoes are never knocks.
+pub const ICMP_SLOTS: u32 = 2048;
 
-/// The per-port array index of (port, proto).
+/// Slots of the per-port arrays: one per (proto, port), TCP then UDP, then
+/// one per ICMP payload length below [`ICMP_SLOTS`]. Array lookups are
+/// inlined by the verifier, so a frame to an ordinary port costs two loads
+/// rather than a hash computation.
+pub const PORT_SLOTS: u32 = 2 * 65_536 + ICMP_SLOTS;
+
+/// The per-port array index of (port, proto). For ICMP, `port` is the
+/// payload length, which callers keep below [`ICMP_SLOTS`] (it is masked,
+/// so the index stays in bounds whatever they pass).
 #[inline(always)]
 pub const fn port_slot(port: u16, proto: u8) -> u32 {
-    port as u32 | if proto == PROTO_UDP { 1 << 16 } else { 0 }
+    match proto {
+        PROTO_UDP => port as u32 | 1 << 16,
+        PROTO_ICMP => (port as u32 & (ICMP_SLOTS - 1)) | 2 << 16,
+        _ => port as u32,
+    }
 }
 /// Capacity of each local/target address map.
 pub const MAX_LOCAL_ADDRS: u32 = 1024;
@@ -187,6 +201,8 @@ pub const DOOR_ALL: u16 = u16::MAX;
 
 const _: () = assert!(core::mem::size_of::<PortKey>() == 4);
 const _: () = assert!(port_slot(65_535, PROTO_UDP) < PORT_SLOTS);
+const _: () = assert!(port_slot(u16::MAX, PROTO_ICMP) < PORT_SLOTS);
+const _: () = assert!(port_slot(0, PROTO_ICMP) > port_slot(65_535, PROTO_UDP));
 const _: () = assert!(core::mem::size_of::<PortRule>() == 4);
 const _: () = assert!(core::mem::size_of::<AddrMark>() == 4);
 const _: () = assert!(core::mem::size_of::<AllowKey>() == 20);

@@ -8,6 +8,7 @@
 
 mod first_step;
 mod gate;
+mod icmp;
 mod parse;
 mod spa;
 mod sweep;
@@ -21,7 +22,7 @@ use aya_ebpf::{
 };
 use knockd_common::{
     counter, port_slot, AddrMark, KnockEvent, PortRule, ADDR_LOCAL, EVENT_KNOCK, FAMILY_V4, MAX_LOCAL_ADDRS,
-    PORT_KNOCK, PORT_SLOTS, PORT_STEALTH, PROTO_TCP, PROTO_UDP, RING_BYTES,
+    PORT_KNOCK, PORT_SLOTS, PORT_STEALTH, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RING_BYTES,
 };
 use parse::{locate_l4, ptr_at, read_be16, read_u8, Stop, L4};
 
@@ -55,6 +56,9 @@ fn try_xknock(ctx: &XdpContext) -> Option<u32> {
         Err(Stop::NotOurs) => return None,
         Err(Stop::Unclassified) => return gate::unclassified(),
     };
+    if l4.proto == PROTO_ICMP {
+        return icmp_knock(ctx, &l4);
+    }
     let dst_port = read_be16(ctx, l4.l4 + 2)?;
     if l4.proto == PROTO_UDP {
         if let Some(action) = spa::check(ctx, &l4, dst_port) {
@@ -71,6 +75,19 @@ fn try_xknock(ctx: &XdpContext) -> Option<u32> {
     }
     sweep::check(ctx, &l4, dst_port, flags);
     gate::check(ctx, &l4, slot, dst_port, flags)
+}
+
+/// An echo request of a knock length is a knock like a port's; no ICMP
+/// message is ever gated.
+#[inline(always)]
+fn icmp_knock(ctx: &XdpContext, l4: &L4) -> Option<u32> {
+    let len = icmp::echo_len(ctx, l4)?;
+    let slot = port_slot(len, PROTO_ICMP);
+    let rule = KNOCK_RULES.get(slot)?;
+    if rule.flags & PORT_KNOCK == 0 {
+        return None;
+    }
+    knock(ctx, l4, rule, slot, len, 0)
 }
 
 #[inline(always)]

@@ -1,6 +1,8 @@
 //! The xknock client: knock's interface, with real exit codes, and an SPA
 //! mode ([`spa`]) that speaks fwknop's packet format.
 
+pub mod dynamic;
+pub mod icmp;
 pub mod spa;
 
 use std::{
@@ -45,10 +47,12 @@ pub struct KnockArgs {
     pub door: Option<String>,
     /// Host to knock on (or to send the SPA packet to).
     pub host: String,
-    /// Knocks: port[:tcp|udp] ...
+    /// Knocks: port[:tcp|udp] or icmp:LENGTH ...
     pub ports: Vec<String>,
     #[command(flatten)]
     pub spa: spa::SpaArgs,
+    #[command(flatten)]
+    pub dynamic: dynamic::DynamicArgs,
 }
 
 #[derive(Debug, Error)]
@@ -65,6 +69,8 @@ pub enum KnockError {
     NoDoor(String),
     #[error("SPA: {0}")]
     Spa(String),
+    #[error("dynamic sequence: {0}")]
+    Dynamic(String),
     #[error("sending to {0}: {1}")]
     Send(SocketAddr, std::io::Error),
 }
@@ -72,6 +78,9 @@ pub enum KnockError {
 /// Parses knock's `port[:proto]`. Unlike knock, junk is an error, not port 0.
 pub fn parse_knock(item: &str, force_udp: bool) -> Result<Step, KnockError> {
     let bad = |why: &str| KnockError::Port(item.to_string(), why.to_string());
+    if item.trim().to_ascii_lowercase().starts_with("icmp:") {
+        return crate::config::icmp::parse_yaml_step(item).map_err(|m| bad(&m));
+    }
     let (port, proto) = match item.split_once(':') {
         Some((p, proto)) => (p, Some(proto)),
         None => (item, None),
@@ -97,12 +106,22 @@ pub fn plan(args: &KnockArgs) -> Result<Vec<Step>, KnockError> {
             let cfg = crate::config::load(cfg)?;
             let door =
                 cfg.doors.iter().find(|d| &d.name == name).ok_or_else(|| KnockError::NoDoor(name.clone()))?;
-            door.sequence
+            let sequence = match &door.dynamic {
+                Some(spec) => dynamic::current_sequence(spec, args.dynamic.time_offset)?,
+                None => door.sequence.clone(),
+            };
+            sequence
                 .iter()
-                .map(|s| Step { proto: if args.udp { Proto::Udp } else { s.proto }, ..*s })
+                .map(|s| Step {
+                    proto: if args.udp && s.proto != Proto::Icmp { Proto::Udp } else { s.proto },
+                    ..*s
+                })
                 .collect()
         }
-        _ => args.ports.iter().map(|p| parse_knock(p, args.udp)).collect::<Result<_, _>>()?,
+        _ => match dynamic::spec_from_args(&args.dynamic, args.udp)? {
+            Some(spec) => dynamic::current_sequence(&spec, args.dynamic.time_offset)?,
+            None => args.ports.iter().map(|p| parse_knock(p, args.udp)).collect::<Result<_, _>>()?,
+        },
     };
     if steps.is_empty() {
         return Err(KnockError::NoPorts);
@@ -142,6 +161,7 @@ pub fn hit(ip: IpAddr, step: Step) -> Result<(), KnockError> {
             let s = UdpSocket::bind(bind).map_err(err)?;
             s.send_to(&[0u8], to).map(|_| ()).map_err(err)
         }
+        Proto::Icmp => icmp::echo(ip, step.port).map_err(|e| KnockError::Send(SocketAddr::new(ip, 0), e)),
     }
 }
 

@@ -8,8 +8,8 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use knockd_common::{
-    ms_of, KnockEvent, DOOR_ALL, EVENT_KNOCK, EVENT_PAIR, EVENT_SWEEP, FAMILY_V4, FAMILY_V6, PROTO_TCP,
-    PROTO_UDP,
+    ms_of, KnockEvent, DOOR_ALL, EVENT_KNOCK, EVENT_PAIR, EVENT_SWEEP, FAMILY_V4, FAMILY_V6, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -83,6 +83,7 @@ fn proto_of(number: u8) -> Option<Proto> {
     match number {
         PROTO_TCP => Some(Proto::Tcp),
         PROTO_UDP => Some(Proto::Udp),
+        PROTO_ICMP => Some(Proto::Icmp),
         _ => None,
     }
 }
@@ -229,6 +230,6 @@ mod tests {
         let good = raw(&event(FAMILY_V4, PROTO_TCP));
         assert!(decode(&good[..good.len() - 1]).is_none());
         assert!(decode(&raw(&event(5, PROTO_TCP))).is_none());
-        assert!(decode(&raw(&event(FAMILY_V4, 1))).is_none());
+        assert!(decode(&raw(&event(FAMILY_V4, 47))).is_none());
     }
 }

@@ -88,6 +88,7 @@ fn step_spec(port: u16, proto: crate::config::model::Proto) -> AccessSpec {
     let proto = match proto {
         Proto::Tcp => SpaProto::Tcp,
         Proto::Udp => SpaProto::Udp,
+        Proto::Icmp => unreachable!("protected ports are TCP or UDP"),
     };
     AccessSpec { proto, port }
 }

@@ -73,6 +73,7 @@ impl DraftDoor {
             open: None,
             stealth: None,
             spa: None,
+            dynamic: None,
         };
         DraftDoor { door, sequence_given: false, lines: DoorLines::new(header), one_time_lines: Vec::new() }
     }

@@ -5,6 +5,8 @@
 mod capacity;
 mod disjoint;
 mod draft;
+pub mod dynamic;
+pub(crate) mod icmp;
 mod emit;
 mod error;
 pub(crate) mod file_safety;

@@ -7,6 +7,9 @@ use std::{fmt, net::IpAddr, path::PathBuf, time::Duration};
 pub enum Proto {
     Tcp,
     Udp,
+    /// An ICMP (ICMPv6 for v6) echo request; a step's `port` is then the
+    /// payload length (YAML `icmp:N`).
+    Icmp,
 }
 
 impl Proto {
@@ -15,6 +18,7 @@ impl Proto {
         match self {
             Proto::Tcp => 6,
             Proto::Udp => 17,
+            Proto::Icmp => knockd_common::PROTO_ICMP,
         }
     }
 
@@ -22,6 +26,7 @@ impl Proto {
         match self {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
         }
     }
 }
@@ -35,7 +40,10 @@ pub struct Step {
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.port, self.proto.as_str())
+        match self.proto {
+            Proto::Icmp => write!(f, "icmp:{}", self.port),
+            _ => write!(f, "{}:{}", self.port, self.proto.as_str()),
+        }
     }
 }
 
@@ -99,6 +107,8 @@ pub struct Door {
     pub stealth: Option<bool>,
     /// Single-packet authorization (YAML only).
     pub spa: Option<super::spa::SpaConfig>,
+    /// A sequence derived anew each period, instead of `sequence` (YAML only).
+    pub dynamic: Option<super::dynamic::DynamicSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,6 +166,10 @@ pub const DEFAULT_MAX_SOURCES: usize = 65_536;
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/xknockd";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/xknockd";
 pub const MAX_SEQUENCE_LEN: usize = 32;
+/// The longest `icmp:N` payload: what one frame holds at the usual MTU of
+/// 1500 over IPv6 (1500 - 40 - 8), so a step fits unfragmented on both
+/// families (IPv4 alone would allow 1472).
+pub const MAX_ICMP_PAYLOAD: u16 = 1452;
 pub const DEFAULT_OPEN_RATE: u32 = 10;
 pub const DEFAULT_OPEN_BURST: u32 = 20;
 /// 2^20 slots of 4 bytes: 4 MiB.

@@ -3,10 +3,12 @@
 use std::path::Path;
 
 use super::{
-    capacity, disjoint, spa,
+    capacity, disjoint,
     draft::{Draft, DraftDoor},
+    dynamic,
     error::ConfigError,
     model::{Backend, OpenAction, Proto, Step, TcpFlags},
+    spa,
     values::{backend_name, check_sequence_len},
 };
 
@@ -23,6 +25,7 @@ pub(crate) fn validate(draft: &Draft, path: &Path) -> Result<(), ConfigError> {
     check_open_backends(draft, path)?;
     disjoint::check_drafts(&draft.doors, path)?;
     spa::check_doors(&draft.doors, path)?;
+    dynamic::check_doors(&draft.doors, path)?;
     capacity::check_window_capacity(draft, path)
 }
 
@@ -31,11 +34,15 @@ fn check_door(draft: &DraftDoor, path: &Path) -> Result<(), ConfigError> {
     if door.name.is_empty() {
         return Err(ConfigError::new(path, draft.lines.header, "a door needs a name"));
     }
-    if !draft.sequence_given && door.one_time_sequences.is_none() && door.spa.is_none() {
+    if !draft.sequence_given
+        && door.one_time_sequences.is_none()
+        && door.spa.is_none()
+        && door.dynamic.is_none()
+    {
         let message = format!("door `{}` has no `sequence` (nor `one_time_sequences`)", door.name);
         return Err(ConfigError::new(path, draft.lines.header, message));
     }
-    if !is_used_up(draft) && !spa_only(draft) {
+    if !is_used_up(draft) && !spa_only(draft) && door.dynamic.is_none() {
         check_sequence_len(&door.sequence).map_err(|m| draft.error(path, draft.sequence_key(), m))?;
     }
     // knockd expires an attempt once `now - start >= seq_timeout`, so 0 kills every
@@ -81,7 +88,14 @@ fn check_distinguishable(doors: &[DraftDoor], path: &Path) -> Result<(), ConfigE
 fn conflict(a: &DraftDoor, b: &DraftDoor) -> Option<String> {
     let (sa, sb) = (&a.door.sequence, &b.door.sequence);
     // A disabled door matches nothing, so it is no prefix of anything.
-    if is_used_up(a) || is_used_up(b) || spa_only(a) || spa_only(b) {
+    // A dynamic door's range is kept apart from every other step instead.
+    if is_used_up(a)
+        || is_used_up(b)
+        || spa_only(a)
+        || spa_only(b)
+        || a.door.dynamic.is_some()
+        || b.door.dynamic.is_some()
+    {
         return None;
     }
     if effective_flags(a) != effective_flags(b) || a.door.target != b.door.target {

@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::{
     draft::{default_options, Draft, DraftDoor},
+    dynamic,
     error::{unknown_key_message, ConfigError},
     model::{OpenAction, Options},
     spa,
@@ -32,6 +33,7 @@ const DOOR_KEYS: &[&str] = &[
     "open",
     "stealth",
     "spa",
+    "dynamic",
 ];
 const OPEN_KEYS: &[&str] = &["ports", "duration", "backend"];
 
@@ -79,6 +81,7 @@ struct RawDoor {
     open: Option<RawOpen>,
     stealth: Option<bool>,
     spa: Option<spa::RawSpa>,
+    dynamic: Option<dynamic::RawDynamic>,
 }
 
 #[derive(Deserialize)]
@@ -158,6 +161,9 @@ fn convert_door(
     if let Some(raw_spa) = raw.spa {
         draft.door.spa = Some(spa::convert(raw_spa, &draft, path)?);
     }
+    if let Some(raw_dynamic) = raw.dynamic {
+        draft.door.dynamic = Some(dynamic::convert(raw_dynamic, &draft, path)?);
+    }
     Ok(draft)
 }
 
@@ -190,7 +196,7 @@ fn record_key_lines(draft: &mut DraftDoor, lines: &KeyLines) {
     for (key, line) in lines.children(&["doors", &name]) {
         draft.lines.set(canonical_key(key), key, line);
     }
-    for block in ["open", "spa"] {
+    for block in ["open", "spa", "dynamic"] {
         for (key, line) in lines.children(&["doors", &name, block]) {
             let dotted = format!("{block}.{key}");
             draft.lines.set(&dotted, &dotted, line);
@@ -274,6 +280,9 @@ fn key_from_path(yaml_path: &str) -> Option<String> {
     }
     if spa::SPA_KEYS.contains(&last) && head.ends_with(".spa") {
         return Some(format!("spa.{last}"));
+    }
+    if dynamic::DYNAMIC_KEYS.contains(&last) && head.ends_with(".dynamic") {
+        return Some(format!("dynamic.{last}"));
     }
     DOOR_KEYS.contains(&last).then(|| last.to_string())
 }

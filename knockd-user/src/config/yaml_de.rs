@@ -11,8 +11,8 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use super::{
     model::{Backend, Proto, Step, TcpFlags},
     values::{
-        check_port, parse_backend, parse_duration, parse_interface, parse_sequence, parse_step, parse_target,
-        parse_tcp_flags, seconds_from_int, OPEN_PORT_SEPARATORS, SEQUENCE_SEPARATORS,
+        check_port, parse_backend, parse_duration, parse_interface, parse_step, parse_target,
+        parse_tcp_flags, seconds_from_int, OPEN_PORT_SEPARATORS,
     },
 };
 
@@ -86,10 +86,13 @@ macro_rules! scalar_type {
     };
 }
 
-scalar_type!(StepDe, Step, "a knock step like 7000 or \"7000:udp\"", Some(tcp_port), |s| parse_step(
-    s,
-    SEQUENCE_SEPARATORS
-));
+scalar_type!(
+    StepDe,
+    Step,
+    "a knock step like 7000, \"7000:udp\" or \"icmp:64\"",
+    Some(tcp_port),
+    super::icmp::parse_yaml_step
+);
 scalar_type!(OpenPortDe, Step, "a port like 22, \"22/tcp\" or \"53:udp\"", Some(tcp_port), |s| parse_step(
     s,
     OPEN_PORT_SEPARATORS
@@ -198,7 +201,7 @@ impl<'de> Visitor<'de> for SequenceVisitor {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<Step>, E> {
-        parse_sequence(v).map_err(fail)
+        super::icmp::parse_yaml_sequence(v).map_err(fail)
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Vec<Step>, E> {

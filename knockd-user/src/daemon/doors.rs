@@ -40,7 +40,7 @@ pub fn kernel_ports(cfg: &Config) -> BTreeMap<PortKey, PortRule> {
             let key = PortKey::new(step.port, step.proto.number());
             let (must_set, must_clear) = match step.proto {
                 Proto::Tcp => (door.tcp_flags.must_set, door.tcp_flags.must_clear),
-                Proto::Udp => (0, 0),
+                Proto::Udp | Proto::Icmp => (0, 0),
             };
             let rule = PortRule { must_set, must_clear, flags: stealth, _pad: 0 };
             out.entry(key)
@@ -110,7 +110,7 @@ fn describe(ports: &mut BTreeMap<u32, StepDoors>, door: &Door, id: usize, first:
     }
     let flags = |step: usize| match door.sequence[step].proto {
         Proto::Tcp => (door.tcp_flags.must_set, door.tcp_flags.must_clear),
-        Proto::Udp => (0, 0),
+        Proto::Udp | Proto::Icmp => (0, 0),
     };
     let (must_set, must_clear) = flags(0);
     let f = ports.entry(first).or_default();
@@ -186,6 +186,7 @@ mod tests {
             open: None,
             stealth: None,
             spa: None,
+            dynamic: None,
         }
     }
 

@@ -260,6 +260,7 @@ pub(super) mod tests {
             }),
             stealth: None,
             spa: None,
+            dynamic: None,
         };
         Config {
             path: PathBuf::from("t.yaml"),

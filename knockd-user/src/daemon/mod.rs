@@ -1,6 +1,7 @@
 //! The daemon: kernel events in, knockd's log lines and actions out.
 
 mod doors;
+mod dynamic;
 mod expiry;
 pub mod gates;
 mod links;
@@ -72,6 +73,7 @@ pub struct Daemon {
     names: names::Names,
     gates: worker::GateWorker,
     limiter: ratelimit::OpenLimiter,
+    dynamic: dynamic::DynamicDoors,
     ops: ops::Ops,
 }
 
@@ -79,6 +81,8 @@ impl Daemon {
     /// Loads the XDP program, fills its maps and attaches it. Nothing is
     /// attached if any step before attaching fails.
     pub fn start(cfg: Config, opts: RunOptions, log: Arc<KnockLog>) -> Result<Self> {
+        let mut dynamic = dynamic::DynamicDoors::load(&cfg.options.state_dir);
+        let cfg = dynamic.expand(cfg);
         let ops = ops::Ops::bind(&cfg, opts.status_socket.as_deref())?;
         // The XDP gate must outlive us, so its maps and links are pinned.
         let xdp_gate = uses_backend(&cfg, Backend::Xdp);
@@ -118,6 +122,7 @@ impl Daemon {
             names: names::Names::default(),
             gates,
             limiter,
+            dynamic,
             ops,
         })
     }
@@ -151,6 +156,7 @@ impl Daemon {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.purge_sleep();
+            let roll = self.dynamic_sleep();
             tokio::select! {
                 res = events.next_batch(&mut batch) => {
                     res.context("reading the ring buffer")?;
@@ -164,6 +170,7 @@ impl Daemon {
                     }
                 }
                 () = deadline => self.purge(&mut events, &mut batch).await?,
+                () = roll => self.roll_periods().await,
                 _ = tick.tick() => self.on_tick(),
                 res = addr_watch.changed() => {
                     let seen = res.context("watching addresses")?;
@@ -261,6 +268,7 @@ impl Daemon {
             }
         }
         for o in out {
+            let Some(o) = self.dynamic_outcome(o).await else { continue };
             match o {
                 Outcome::Stage { src, door, stage } => {
                     metrics::events().stage(&door, stage);

@@ -42,6 +42,7 @@ impl Daemon {
     /// Switches to `new`: kernel maps first (new ports in before stale ones
     /// leave), then the tracker, which keeps knocks on unchanged doors.
     pub(super) async fn apply(&mut self, new: Config, when: GateSync) {
+        let new = self.dynamic.expand(new);
         let changed = protected_by_backend(&new) != protected_by_backend(&self.cfg);
         if when == GateSync::Always || changed {
             if let Err(e) = self.sync_gates(&new).await {
@@ -65,6 +66,9 @@ impl Daemon {
                 log::error!("restoring the first-step tables: {e}");
             }
             return;
+        }
+        if let Err(e) = self.spa.configure(&new, &mut self.knocker) {
+            log::error!("updating SPA doors: {e:#}");
         }
         if new.options.interfaces != self.cfg.options.interfaces && !new.options.interfaces.is_empty() {
             log::warn!("interface changes take effect on restart");

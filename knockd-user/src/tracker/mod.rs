@@ -57,9 +57,9 @@ impl DoorSpec {
         }
     }
 
-    /// knockd only looks at flags for TCP; a UDP knock always "matches".
+    /// knockd only looks at flags for TCP; a UDP (or ICMP) knock always "matches".
     fn flags_ok(&self, k: &Knock) -> bool {
-        k.step.proto == Proto::Udp || self.tcp_flags.matches(k.tcp_flags)
+        k.step.proto != Proto::Tcp || self.tcp_flags.matches(k.tcp_flags)
     }
 }
 

@@ -3,6 +3,7 @@
 mod capacity;
 mod conf;
 mod disjoint;
+mod dynamic;
 mod emit;
 mod metrics_listen;
 mod one_time;

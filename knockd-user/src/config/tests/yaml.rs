@@ -257,7 +257,7 @@ fn unknown_keys_suggest_the_nearest() {
         "unknown key `door` (did you mean `doors`?)",
     );
     assert_err(&format!("{seq}    colour: red\n"), Some(4), Some("colour"),
-        "unknown key `colour` (valid keys: sequence, one_time_sequences, seq_timeout, tcp_flags, target, command, start_command, command_6, start_command_6, cmd_timeout, stop_command, stop_command_6, open, stealth, spa)");
+        "unknown key `colour` (valid keys: sequence, one_time_sequences, seq_timeout, tcp_flags, target, command, start_command, command_6, start_command_6, cmd_timeout, stop_command, stop_command_6, open, stealth, spa, dynamic)");
 }
 
 #[test]
