@@ -1,7 +1,11 @@
 //! The first-step tables: sized and seeded at load, doors per knock port
 //! written on every config, `ACTIVE` pruned as the tracker lets sources go.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    os::fd::{AsFd, AsRawFd},
+};
 
 use aya::{
     maps::{Array, HashMap},
@@ -38,8 +42,8 @@ pub(super) struct Loaded {
     cfg: KernelConfig,
 }
 
-/// Bytes of kernel memory the first-step tables take (values only; the
-/// kernel adds a little per map and per hash entry).
+/// The first-step tables' sizes, and the bytes of kernel memory charged for
+/// them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TableMemory {
     pub first_step_slots: u32,
@@ -169,11 +173,16 @@ impl XdpKnocker {
         Ok(map.get(&ActiveKey { addr, family, _pad: [0; 3] }, 0).is_ok())
     }
 
+    /// The tables' sizes and what the kernel charges for them (`memlock` in
+    /// the maps' fdinfo: arrays round values up to 8 bytes, and the hash map
+    /// carries per-entry overhead, so this is well above keys plus values).
     pub fn table_memory(&self) -> TableMemory {
         let t = &self.tables;
-        let bytes = u64::from(t.first_slots) * 4
-            + u64::from(t.sweep_slots) * std::mem::size_of::<SweepSlot>() as u64
-            + u64::from(t.active_entries) * (std::mem::size_of::<ActiveKey>() + 4) as u64;
+        let bytes = ["FIRST_STEP", "SWEEP", "ACTIVE"]
+            .iter()
+            .filter_map(|name| self.ebpf.map(name).and_then(|m| super::map_data(m).ok()))
+            .filter_map(|d| memlock(d.fd().as_fd().as_raw_fd()))
+            .sum();
         TableMemory {
             first_step_slots: t.first_slots,
             sweep_slots: t.sweep_slots,
@@ -218,4 +227,10 @@ impl XdpKnocker {
         let slot = arr.get(&index, 0).map_err(map_err("SWEEP"))?;
         Ok((slot.tag == jhash5(&words, cfg.tag_seed)).then_some((index, slot)))
     }
+}
+
+/// The `memlock:` line of a BPF map's fdinfo: the bytes the kernel charges.
+fn memlock(fd: std::os::fd::RawFd) -> Option<u64> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse().ok())
 }
