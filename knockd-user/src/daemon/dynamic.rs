@@ -14,7 +14,7 @@ use std::{
     collections::{HashMap, HashSet},
     path::Path,
     sync::Arc,
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use super::{reload::GateSync, Daemon};
@@ -140,10 +140,15 @@ impl DynamicDoors {
     }
 
     /// How long until some dynamic door's live periods change.
+    /// Exact to the millisecond: the loop wakes often for other reasons and
+    /// asks again each time, so a wait rounded to whole seconds would keep
+    /// being pushed back and never end.
     pub fn until_change(&self, cfg: &Config) -> Option<Duration> {
-        let now = unix_now(0);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        let secs = now.as_secs();
         let periods = cfg.doors.iter().filter_map(|d| d.dynamic.as_ref().map(|s| s.period));
-        periods.map(|p| Duration::from_secs(next_change(now, p, LEAD_SECS))).min()
+        let at = periods.map(|p| secs + next_change(secs, p, LEAD_SECS)).min()?;
+        Some(Duration::from_secs(at).saturating_sub(now))
     }
 
     /// Records (door, t) as used, keeping only periods that can still be
