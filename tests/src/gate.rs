@@ -296,6 +296,11 @@ impl Unstarted {
         &self.pair
     }
 
+    /// The config file xknockd will read, to extend before [`Unstarted::start`].
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path(FILE)
+    }
+
     /// Starts xknockd and waits until it listens.
     pub fn start(self) -> Rig {
         let mut daemon = Captured::spawn(xknockd(&self.pair, &self.dir, "pid")).unwrap();

@@ -10,6 +10,7 @@ mod onetime;
 mod ops;
 mod ratelimit;
 mod reload;
+mod spa;
 mod worker;
 
 use std::{
@@ -73,6 +74,7 @@ pub struct Daemon {
     names: names::Names,
     gates: worker::GateWorker,
     limiter: ratelimit::OpenLimiter,
+    spa: spa::SpaState,
     dynamic: dynamic::DynamicDoors,
     ops: ops::Ops,
 }
@@ -96,6 +98,8 @@ impl Daemon {
         let local = local_addrs().context("reading local addresses")?;
         apply_kernel_steps(&mut knocker, &cfg)?;
         knocker.set_knock_ports(&kernel_ports(&cfg))?;
+        let mut spa = spa::SpaState::default();
+        spa.configure(&cfg, &mut knocker)?;
         // Gates close their ports before the program sees a packet.
         let mut gates = gates::Gates::default();
         gates.sync(&cfg, &mut knocker)?;
@@ -122,6 +126,7 @@ impl Daemon {
             names: names::Names::default(),
             gates,
             limiter,
+            spa,
             dynamic,
             ops,
         })
@@ -152,6 +157,8 @@ impl Daemon {
         let mut usr1 = signal(SignalKind::user_defined1())?;
         self.log.notice(&knocklog::starting_up(&self.opts.interfaces));
         let mut batch = Vec::new();
+        let mut spa_stream = spa::SpaStream::new(spa::SpaState::take_stream(&mut self.knocker)?)?;
+        let mut spa_batch = Vec::new();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -168,6 +175,10 @@ impl Daemon {
                         // knock never waits here.
                         tokio::time::sleep(BUSY_PAUSE).await;
                     }
+                }
+                res = spa_stream.next_batch(&mut spa_batch, spa::PER_WAKEUP) => {
+                    res.context("reading the SPA ring")?;
+                    self.handle_spa(&mut spa_batch).await;
                 }
                 () = deadline => self.purge(&mut events, &mut batch).await?,
                 () = roll => self.roll_periods().await,
@@ -363,6 +374,7 @@ impl Daemon {
     /// second per door.
     fn on_tick(&mut self) {
         self.gates.repair();
+        self.spa_tick();
         for (door, n) in self.limiter.tick(monotonic_now()) {
             self.log.line(&format!("{door}: {n} opens over the rate limit in the last second, not opened"));
         }
@@ -399,7 +411,7 @@ impl Daemon {
             c.active_full,
             self.tracker.sources(),
             self.tracker.evictions()
-        )
+        ) + &self.spa_stats()
     }
 
     fn sync_addrs(&mut self) {
