@@ -1,6 +1,7 @@
-//! Project tasks: `cargo xtask setup|build|run|test|demo|bench|fuzz|fuzz-spa`.
+//! Project tasks: `cargo xtask setup|build|run|test|demo|bench|fuzz|fuzz-spa|deb`.
 
 mod bench;
+mod deb;
 mod demo;
 mod setup;
 
@@ -58,6 +59,12 @@ enum Task {
         #[arg(long, default_value_t = 300)]
         seconds: u64,
     },
+    /// Debian package: target/debian/xknock_<version>_<arch>.deb (cargo-deb).
+    Deb {
+        /// Pack the debug binaries (quicker; what `test` does).
+        #[arg(long)]
+        debug: bool,
+    },
 }
 
 /// Frames of the fuzz run inside `cargo xtask test`.
@@ -81,6 +88,7 @@ fn main() -> Result<()> {
             fuzz(frames, seed)
         }
         Task::FuzzSpa { seconds } => fuzz_spa(seconds),
+        Task::Deb { debug } => deb::run(debug).map(|_| ()),
     }
 }
 
@@ -153,8 +161,10 @@ fn test() -> Result<()> {
     ])?)?;
     println!("== privileged end-to-end tests");
     build(false)?;
+    // From the debug binaries just built: tests/tests/deb.rs installs it.
+    let deb = deb::run(true)?;
     let mut e2e = cargo(&["test", "--package", "xknock-tests", "--", "--test-threads=1"])?;
-    e2e.env("XKNOCK_BIN_DIR", bin_dir(false));
+    e2e.env("XKNOCK_BIN_DIR", bin_dir(false)).env("XKNOCK_DEB", deb);
     if is_root() {
         // Running as root: a test that would skip for lack of privilege fails instead.
         e2e.env("XKNOCK_REQUIRE_PRIV", "1");
