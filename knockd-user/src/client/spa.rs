@@ -76,11 +76,12 @@ pub struct DoorSpa {
     pub port: Option<u16>,
 }
 
-/// A door's SPA defaults: its open ports. Keys and port come from its `spa`
-/// block; the config has none yet, so flags must give them.
+/// A door's SPA defaults: its open ports, and the keys and port of its
+/// `spa` block when it has one (flags still win).
 pub fn door_spa(door: &Door) -> DoorSpa {
     let access = door.open.iter().flat_map(|o| &o.ports).map(|s| step_spec(s.port, s.proto)).collect();
-    DoorSpa { access, ..DoorSpa::default() }
+    let spa = door.spa.as_ref();
+    DoorSpa { access, keys: spa.map(|c| c.keys.clone()), port: spa.map(|c| c.port) }
 }
 
 fn step_spec(port: u16, proto: crate::config::model::Proto) -> AccessSpec {

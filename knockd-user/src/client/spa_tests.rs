@@ -93,6 +93,25 @@ fn a_door_supplies_the_ports() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn a_doors_spa_block_supplies_keys_and_port() {
+    let dir = std::env::temp_dir().join(format!("xknock-client-spa-block-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("xknockd.yaml");
+    let yaml = format!(
+        "doors:\n  ssh:\n    spa:\n      port: 62300\n      key_base64: \"{KEY}\"\n      \
+         hmac_key_base64: \"{HMAC}\"\n    open:\n      ports: [22]\n      duration: 5\n"
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    let argv = ["xknock", "--spa", "-c", cfg.to_str().unwrap(), "--door", "ssh", "127.0.0.1"];
+    let a = KnockArgs::try_parse_from(argv).unwrap();
+    let p = plan(&a).unwrap();
+    assert_eq!(p.keys, keys());
+    assert_eq!(p.server.port(), 62300);
+    assert_eq!(p.access, parse_access("tcp/22").unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Sends for real over loopback and decodes what arrives.
 fn send_and_receive(bind: &str, host: &str, extra: &[&str]) -> SpaMessage {
     let rx = UdpSocket::bind(bind).unwrap();
