@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod dynamic;
 pub mod events;
 pub mod gate;
+pub mod journal;
 pub mod knocklog;
 pub mod metrics;
 pub mod pidfile;

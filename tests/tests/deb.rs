@@ -88,7 +88,7 @@ fn the_package_holds_everything_and_installs_into_a_scratch_root() {
         assert!(out.status.success(), "man -l {page}: {}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8_lossy(&out.stdout);
         // man renders hyphens as U+2010 in some locales; compare plainly.
-        let text = text.replace('\u{2010}', "-").replace('\u{2212}', "-");
+        let text = text.replace(['\u{2010}', '\u{2212}'], "-");
         for n in needles {
             assert!(text.contains(n), "{page} has no {n}:\n{text}");
         }

@@ -21,11 +21,10 @@ use xknock::{
 
 fn main() -> ExitCode {
     let args = DaemonArgs::parse();
-    env_logger::Builder::new()
-        .filter_level(args.log_level())
-        .parse_env("RUST_LOG")
-        .format_timestamp_millis()
-        .init();
+    let mut logger = env_logger::Builder::new();
+    logger.filter_level(args.log_level()).parse_env("RUST_LOG").format_timestamp_millis();
+    xknock::journal::configure(&mut logger);
+    logger.init();
     match real_main(args) {
         Ok(code) => code,
         Err(e) => {

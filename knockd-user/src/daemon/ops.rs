@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Daemon;
 use crate::{
-    bpf::Counters,
+    bpf::{spa::SpaCounters, Counters},
     config::model::{Backend, Config},
     events::monotonic_now,
     gate::{protected_by_backend, Window},
@@ -33,6 +33,7 @@ const LOOP_LIMIT: Duration = Duration::from_secs(5);
 /// The daemon's state as the loop saw it.
 pub(super) struct View {
     kernel: Option<Counters>,
+    spa_kernel: Option<SpaCounters>,
     sources: usize,
     evictions: u64,
     attempts: Vec<AttemptView>,
@@ -115,6 +116,7 @@ async fn scrape(tx: mpsc::Sender<Query>) -> Option<State> {
     }
     Some(State {
         kernel: view.kernel,
+        spa_kernel: view.spa_kernel,
         sources: view.sources,
         evictions: view.evictions,
         attempts: attempts.into_iter().collect(),
@@ -151,6 +153,7 @@ impl Daemon {
     pub(super) fn view(&self) -> View {
         View {
             kernel: self.knocker.counters().ok(),
+            spa_kernel: self.knocker.spa_counters().ok(),
             sources: self.tracker.sources(),
             evictions: self.tracker.evictions(),
             attempts: self.tracker.attempts(),

@@ -216,6 +216,7 @@ impl Daemon {
             match self.spa.judge(&d, now) {
                 Verdict::Accepted { door, msg, grant } => {
                     self.spa.stats.accepted += 1;
+                    crate::metrics::events().spa("accepted");
                     self.spa_open(&door, &msg, grant).await;
                 }
                 Verdict::Refused { door, reason, detail } => self.spa_refused(&d, door, reason, detail),
@@ -225,6 +226,7 @@ impl Daemon {
 
     fn spa_refused(&mut self, d: &SpaDatagram, door: Option<Arc<str>>, reason: &'static str, detail: String) {
         *self.spa.stats.refused.entry(reason).or_default() += 1;
+        crate::metrics::events().spa(reason);
         if !self.spa.log.admit(reason, monotonic_now()) {
             return;
         }
@@ -263,6 +265,7 @@ impl Daemon {
         let ip = grant.ip.to_canonical();
         if self.limiter.admit(name, ip, monotonic_now()) == ratelimit::Verdict::Refused {
             *self.spa.stats.refused.entry("over the open rate").or_default() += 1;
+            crate::metrics::events().spa("over the open rate");
             return;
         }
         let ports: Vec<String> =

@@ -16,7 +16,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{bpf::Counters, config::model::Backend, gate::Window};
+use crate::{
+    bpf::{spa::SpaCounters, Counters},
+    config::model::Backend,
+    gate::Window,
+};
 
 /// Label of the per-door families.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
@@ -102,7 +106,7 @@ impl Events {
         }
     }
 
-    /// An SPA packet's fate: `accepted`, `bad_hmac`, `replay`, ...
+    /// An SPA packet's fate: `accepted`, or why it was refused.
     pub fn spa(&self, outcome: &str) {
         self.spa.get_or_create(&OutcomeLabel { outcome: outcome.to_string() }).inc();
     }
@@ -144,6 +148,8 @@ impl Events {
 pub struct State {
     /// `None` when the kernel's counter map could not be read.
     pub kernel: Option<Counters>,
+    /// The XDP program's SPA capture counters.
+    pub spa_kernel: Option<SpaCounters>,
     pub sources: usize,
     pub evictions: u64,
     /// Attempts in progress by door.

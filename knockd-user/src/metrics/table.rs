@@ -6,9 +6,10 @@ use prometheus_client::{
 };
 
 use super::{gauge, window_counts, DoorLabel, State, WindowLabel};
-use crate::bpf::Counters;
+use crate::bpf::{spa::SpaCounters, Counters};
 
 type Getter = fn(&Counters) -> u64;
+type SpaGetter = fn(&SpaCounters) -> u64;
 
 /// Every kernel counter, summed over CPUs: (name after `xknockd_xdp_`,
 /// help, getter). Counters suffix `_total` themselves.
@@ -32,9 +33,22 @@ pub const KERNEL: &[(&str, &str, Getter)] = &[
     ("active_full", "Pairs whose source found the active-source table full", |c| c.active_full),
 ];
 
+/// The XDP program's SPA capture counters, as [`KERNEL`].
+pub const SPA_KERNEL: &[(&str, &str, SpaGetter)] = &[
+    ("spa_captured", "UDP datagrams to an SPA port passed to the daemon", |c| c.captured),
+    ("spa_limited", "SPA datagrams dropped by the kernel's rate limit", |c| c.limited),
+    ("spa_ring_full", "SPA datagrams lost because the SPA ring was full", |c| c.ring_full),
+    ("spa_bad_len", "SPA datagrams of an impossible length", |c| c.bad_len),
+];
+
 pub(super) fn register_state(reg: &mut Registry, state: &State) {
     if let Some(c) = &state.kernel {
         for (name, help, get) in KERNEL {
+            reg.register(format!("xdp_{name}"), *help, ConstCounter::new(get(c)));
+        }
+    }
+    if let Some(c) = &state.spa_kernel {
+        for (name, help, get) in SPA_KERNEL {
             reg.register(format!("xdp_{name}"), *help, ConstCounter::new(get(c)));
         }
     }

@@ -15,6 +15,7 @@ fn window(door: &str, last: u8) -> Window {
 fn state() -> State {
     State {
         kernel: Some(Counters { frames: 5, gate_drop: 2, ..Counters::default() }),
+        spa_kernel: Some(SpaCounters { captured: 4, ..SpaCounters::default() }),
         sources: 3,
         evictions: 1,
         attempts: vec![("m-ssh".into(), 2)],
@@ -31,6 +32,7 @@ fn exposes_events_state_and_build_info() {
     events().door_opened("m-ssh");
     events().stage("m-ssh", 2);
     events().command_ran("m-ssh", false);
+    events().spa("bad HMAC");
     let text = render(&state(), Format::Prometheus);
     for line in [
         "xknockd_door_opens_total{door=\"m-ssh\"} 1\n",
@@ -39,6 +41,8 @@ fn exposes_events_state_and_build_info() {
         "xknockd_command_failures_total{door=\"m-ssh\"} 1\n",
         "xknockd_xdp_frames_total 5\n",
         "xknockd_xdp_gate_drop_total 2\n",
+        "xknockd_xdp_spa_captured_total 4\n",
+        "xknockd_spa_packets_total{outcome=\"bad HMAC\"} 1\n",
         "xknockd_tracker_sources 3\n",
         "xknockd_tracker_evictions_total 1\n",
         "xknockd_attempts_in_progress{door=\"m-ssh\"} 2\n",
@@ -72,4 +76,31 @@ fn openmetrics_only_when_asked() {
     let prom = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
     assert_eq!(Format::from_accept(Some(prom)), Format::OpenMetrics);
     assert_eq!(Format::from_accept(Some("text/plain")), Format::Prometheus);
+}
+
+/// configs/grafana-dashboard.json only queries metrics that exist.
+#[test]
+fn the_dashboard_queries_existing_metrics() {
+    let dashboard = include_str!("../../../configs/grafana-dashboard.json");
+    // A family shows only once it has a sample.
+    let e = events();
+    e.door_opened("dash");
+    e.timeout("dash");
+    e.refused("dash", 1);
+    e.gate_failed("dash");
+    e.command_ran("dash", false);
+    e.spa("accepted");
+    let text = render(&state(), Format::OpenMetrics);
+    let mut names = 0;
+    for (i, _) in dashboard.match_indices("xknockd_") {
+        let name: String =
+            dashboard[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        let family = name.strip_suffix("_total").or_else(|| name.strip_suffix("_info")).unwrap_or(&name);
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "the dashboard queries {name}, which is not exposed"
+        );
+        names += 1;
+    }
+    assert!(names >= 10, "{names}");
 }

@@ -114,7 +114,7 @@ impl WindowRow {
             backend: backend_name(backend).to_string(),
             address: w.src,
             port: format!("{}/{}", w.port.port, w.port.proto.as_str()),
-            left_s: (w.remaining != Duration::MAX).then(|| w.remaining.as_secs()),
+            left_s: (w.remaining != Duration::MAX).then_some(w.remaining.as_secs()),
         }
     }
 }
