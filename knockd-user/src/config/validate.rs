@@ -34,6 +34,7 @@ fn check_door(draft: &DraftDoor, path: &Path) -> Result<(), ConfigError> {
     if door.name.is_empty() {
         return Err(ConfigError::new(path, draft.lines.header, "a door needs a name"));
     }
+    check_door_name(&door.name).map_err(|m| ConfigError::new(path, draft.lines.header, m))?;
     if !draft.sequence_given
         && door.one_time_sequences.is_none()
         && door.spa.is_none()
@@ -57,6 +58,21 @@ fn check_door(draft: &DraftDoor, path: &Path) -> Result<(), ConfigError> {
         if open.duration.is_zero() {
             return Err(draft.error(path, "open.duration", "must be more than 0"));
         }
+    }
+    Ok(())
+}
+
+/// The longest door name. Names ride in log lines, nft and ipset comments
+/// (255 bytes at most) and `--convert`'s YAML keys (1024 characters at most,
+/// escapes included): found by the knockd.conf fuzzer.
+const MAX_DOOR_NAME: usize = 255;
+
+fn check_door_name(name: &str) -> Result<(), String> {
+    if name.len() > MAX_DOOR_NAME {
+        return Err(format!("a door name is at most {MAX_DOOR_NAME} bytes long"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("door name {name:?} holds a control character"));
     }
     Ok(())
 }
