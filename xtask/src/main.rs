@@ -1,9 +1,11 @@
-//! Project tasks: `cargo xtask setup|build|run|test|demo|bench|fuzz|fuzz-spa|deb`.
+//! Project tasks: `cargo xtask setup|build|run|test|demo|bench|fuzz|fuzz-spa|deb|soak`.
 
 mod bench;
 mod deb;
 mod demo;
+mod fuzz;
 mod setup;
+mod soak;
 
 use std::{path::PathBuf, process::Command};
 
@@ -46,15 +48,34 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
-    /// Differential fuzzer: random and mutated frames through the XDP program
-    /// (BPF_PROG_TEST_RUN), each verdict checked against a model of Linux.
+    /// Every fuzzer: each libFuzzer target in knockd-user/fuzz (knockd.conf,
+    /// YAML, one-time files, ring records, SPA) for --seconds, then the XDP
+    /// differential fuzzer (frames checked against a model of Linux).
     Fuzz {
+        /// Seconds per libFuzzer target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        /// Frames of the differential fuzzer.
         #[arg(long, default_value_t = 1_000_000)]
         frames: u64,
+        /// Seed of the differential fuzzer.
         #[arg(long)]
         seed: Option<u64>,
+        /// Only this libFuzzer target (and no differential run).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(fuzz::TARGETS))]
+        target: Option<String>,
     },
-    /// libFuzzer on the SPA decoder (knockd-user/fuzz, `cargo +nightly fuzz`).
+    /// Floods, knocks, reloads and interface events against xknockd for a
+    /// while; RSS, fds, children, zombies and kernel map sizes must stay
+    /// flat. Writes target/soak/soak.{md,dat,png}.
+    Soak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Seconds instead of minutes (short runs).
+        #[arg(long, conflicts_with = "minutes")]
+        seconds: Option<u64>,
+    },
+    /// libFuzzer on the SPA decoder only (= fuzz --target spa_decode).
     FuzzSpa {
         #[arg(long, default_value_t = 300)]
         seconds: u64,
@@ -69,8 +90,10 @@ enum Task {
 
 /// Frames of the fuzz run inside `cargo xtask test`.
 const TEST_FUZZ_FRAMES: u64 = 20_000;
-/// Seconds of the SPA decoder fuzz run inside `cargo xtask test`.
-const TEST_FUZZ_SPA_SECONDS: u64 = 20;
+/// Seconds of the soak inside `cargo xtask test`.
+const TEST_SOAK_SECONDS: u64 = 45;
+/// Seconds per libFuzzer target inside `cargo xtask test`.
+const TEST_FUZZ_SECONDS: u64 = 10;
 
 fn main() -> Result<()> {
     match Cli::parse().task {
@@ -83,11 +106,21 @@ fn main() -> Result<()> {
             demo::run(&bin_dir(release))
         }
         Task::Bench { quick } => bench::run(quick, false),
-        Task::Fuzz { frames, seed } => {
+        Task::Fuzz { seconds, frames, seed, target } => {
             setup::run()?;
-            fuzz(frames, seed)
+            match target {
+                Some(t) => fuzz::libfuzzer(&t, seconds),
+                None => fuzz::all(seconds, frames, seed),
+            }
         }
-        Task::FuzzSpa { seconds } => fuzz_spa(seconds),
+        Task::Soak { minutes, seconds } => {
+            build(false)?;
+            let length = std::time::Duration::from_secs(seconds.unwrap_or(minutes * 60));
+            let s = soak::run(&bin_dir(false), length, &soak::out_dir())?;
+            println!("soak: flat; {} samples in {}", s.samples.len(), soak::out_dir().display());
+            Ok(())
+        }
+        Task::FuzzSpa { seconds } => fuzz::libfuzzer("spa_decode", seconds),
         Task::Deb { debug } => deb::run(debug).map(|_| ()),
     }
 }
@@ -175,57 +208,21 @@ fn test() -> Result<()> {
     if is_root() {
         println!("== demo");
         demo::run(&bin_dir(false))?;
-        println!("== fuzz ({TEST_FUZZ_FRAMES} frames)");
-        fuzz(TEST_FUZZ_FRAMES, None)?;
+        fuzz::differential(TEST_FUZZ_FRAMES, None)?;
         // Keeps the bench's code paths alive; asserts nothing about speed.
         println!("== bench --quick");
         bench::run(true, true)?;
+        // Asserts flatness, not speed.
+        println!("== soak ({TEST_SOAK_SECONDS} s)");
+        soak::run(&bin_dir(false), std::time::Duration::from_secs(TEST_SOAK_SECONDS), &soak::out_dir())?;
     }
-    println!("== fuzz-spa ({TEST_FUZZ_SPA_SECONDS} s)");
-    fuzz_spa(TEST_FUZZ_SPA_SECONDS)?;
+    for target in fuzz::TARGETS {
+        fuzz::libfuzzer(target, TEST_FUZZ_SECONDS)?;
+    }
     // One closing line for the whole run: the per-binary summaries above end
     // with doc-test runs that have nothing to run.
     println!("{} passed, {} failed", tally.passed, tally.failed);
     Ok(())
-}
-
-/// Runs the fuzzer example (it needs the XDP object, which xtask must not
-/// link); fails when it finds a frame the program wrongly passes.
-fn fuzz(frames: u64, seed: Option<u64>) -> Result<()> {
-    if !is_root() {
-        bail!("fuzz loads XDP programs: run it as root");
-    }
-    let frames = frames.to_string();
-    let mut args = vec!["run", "--quiet", "--package", "xknock-tests", "--example", "fuzz_xdp", "--"];
-    args.extend(["--frames", &frames]);
-    let seed = seed.map(|s| s.to_string());
-    if let Some(seed) = &seed {
-        args.extend(["--seed", seed]);
-    }
-    check(&mut cargo(&args)?)
-}
-
-/// Runs the SPA decoder's libFuzzer target for `seconds` from its committed
-/// seeds; fails on a crash (libFuzzer keeps the input under fuzz/artifacts).
-fn fuzz_spa(seconds: u64) -> Result<()> {
-    setup::ensure_toolchain()?;
-    setup::ensure_cargo_fuzz()?;
-    let fuzz_dir = workspace_root().join("knockd-user/fuzz");
-    // Fresh finds go to a scratch corpus; the committed seeds stay as they are.
-    let scratch = workspace_root().join("target/fuzz-spa-corpus");
-    std::fs::create_dir_all(&scratch)?;
-    let max_time = format!("-max_total_time={seconds}");
-    // The rustup proxy, not $CARGO: only it can switch to the nightly that
-    // libFuzzer's instrumentation needs.
-    let mut cmd = Command::new("cargo");
-    cmd.env("RUSTUP_TOOLCHAIN", "nightly")
-        .args(["fuzz", "run", "--fuzz-dir"])
-        .arg(&fuzz_dir)
-        .arg("spa_decode")
-        .arg(&scratch)
-        .arg(fuzz_dir.join("corpus/spa_decode"));
-    cmd.args(["--", &max_time]).current_dir(&fuzz_dir);
-    check(&mut cmd)
 }
 
 /// Sums cargo's `test result:` lines while passing its output through.

@@ -14,9 +14,9 @@
 //! Everything runs inside namespaces this process creates; the host's own
 //! interfaces and firewall are never touched.
 
-mod bpfmap;
+pub(crate) mod bpfmap;
 mod chart;
-mod flood;
+pub(crate) mod flood;
 mod report;
 mod rig;
 mod scenario;
