@@ -66,3 +66,7 @@ pub fn detect_format(text: &str) -> Option<Format> {
     let first = text.lines().map(str::trim_start).find(|l| !l.is_empty() && !l.starts_with('#'))?;
     Some(if first.starts_with('[') { Format::KnockdConf } else { Format::Yaml })
 }
+
+/// Options as they are when a file sets none of them.
+#[cfg(test)]
+pub(crate) use draft::default_options;

@@ -168,7 +168,7 @@ mod tests {
     use std::{path::PathBuf, time::Duration};
 
     use super::*;
-    use crate::config::model::{Backend, Format, Options, Step, TcpFlags};
+    use crate::config::model::{Format, Options, Step, TcpFlags};
 
     fn door(name: &str, steps: &[(u16, Proto)], flags: TcpFlags, target: Option<&str>) -> Door {
         Door {
@@ -195,20 +195,11 @@ mod tests {
             path: PathBuf::from("t.yaml"),
             format: Format::Yaml,
             options: Options {
-                interfaces: vec![],
-                log_file: None,
-                use_syslog: false,
-                pid_file: None,
                 max_sources: 10,
-                default_backend: Backend::Nftables,
                 stealth,
                 bpffs_dir: PathBuf::from("/sys/fs/bpf/xknockd"),
-                open_rate: 10,
-                open_burst: 20,
-                first_step_slots: 1 << 20,
-                sweep_limit: Some(2),
                 state_dir: PathBuf::from("/nonexistent"),
-                metrics_listen: None,
+                ..crate::config::default_options()
             },
             doors,
         }

@@ -266,20 +266,10 @@ pub(super) mod tests {
             path: PathBuf::from("t.yaml"),
             format: Format::Yaml,
             options: Options {
-                interfaces: vec![],
-                log_file: None,
-                use_syslog: false,
-                pid_file: None,
                 max_sources: 10,
-                default_backend: Backend::Nftables,
-                stealth: false,
                 bpffs_dir: PathBuf::from("/nonexistent"),
-                open_rate: 10,
-                open_burst: 20,
-                first_step_slots: 1 << 20,
-                sweep_limit: Some(2),
                 state_dir: PathBuf::from("/nonexistent"),
-                metrics_listen: None,
+                ..crate::config::default_options()
             },
             doors: doors.iter().enumerate().map(|(i, d)| door(i, d)).collect(),
         }
