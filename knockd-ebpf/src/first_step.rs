@@ -64,7 +64,7 @@ pub fn forget_active(key: &ActiveKey) {
 #[inline(always)]
 pub fn route(ev: &mut KnockEvent, port: u32) {
     // SAFETY: plain data, written by the daemon between packets.
-    let (Some(doors), Some(cfg)) = (unsafe { STEP_DOORS.get(&port) }, config()) else {
+    let (Some(doors), Some(cfg)) = (unsafe { STEP_DOORS.get(port) }, config()) else {
         emit(ev);
         return;
     };
@@ -173,7 +173,7 @@ fn pair(ev: &mut KnockEvent, s: &SecondOf, then: u32, key: &ActiveKey) {
     ev.kind = EVENT_KNOCK;
     bump(counter::PAIRS);
     let until = then.wrapping_add(s.timeout_ms);
-    if ACTIVE.insert(key, &until, 0).is_err() {
+    if ACTIVE.insert(key, until, 0).is_err() {
         bump(counter::ACTIVE_FULL);
     }
 }
