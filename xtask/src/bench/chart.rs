@@ -18,7 +18,8 @@ pub fn chart(r: &Results, dir: &Path) -> Result<()> {
 
     let mut cpu = String::from("# shape xknockd knockd xknockd_softirq knockd_softirq\n");
     let mut opened = String::from("# shape xknockd knockd\n");
-    for &case in &r.plan.cases {
+    // Shape (s) has no knockd side to chart.
+    for &case in r.plan.cases.iter().filter(|c| c.shape != super::flood::Shape::SpaJunk) {
         let a = Agg::of(r, Kind::Xknockd, case);
         let k = Agg::of(r, Kind::Knockd, case);
         let _ = writeln!(

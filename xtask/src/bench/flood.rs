@@ -1,4 +1,5 @@
-//! The flood generator: TCP SYNs from random (spoofed) IPv4 sources, written
+//! The flood generator: TCP SYNs (or, for shape (s), UDP junk to the SPA
+//! port) from random (spoofed) IPv4 sources, written
 //! to the client end of the test veth through AF_PACKET sockets, one per
 //! thread, with `sendmmsg` batches.
 //!
@@ -38,7 +39,16 @@ pub enum Shape {
     /// shape that costs a tracker per frame unless the kernel absorbs it.
     /// The memory test floods with it too.
     FirstStep,
+    /// (s) Every frame a 200-byte UDP datagram of base64-alphabet junk to
+    /// the SPA port: inside fwknop's length bounds, so the kernel hands each
+    /// one to the daemon unless a source's token bucket stops it.
+    SpaJunk,
 }
+
+/// The SPA door's port in shape (s) (fwknop's default).
+pub const SPA_PORT: u16 = 62201;
+/// Junk payload length: a plausible SPA packet (fwknop's are ~180-250).
+const SPA_JUNK_LEN: usize = 200;
 
 impl Shape {
     pub fn key(self) -> &'static str {
@@ -46,6 +56,7 @@ impl Shape {
             Shape::KnockRange => "a",
             Shape::NonKnock => "b",
             Shape::FirstStep => "c",
+            Shape::SpaJunk => "s",
         }
     }
 
@@ -56,6 +67,9 @@ impl Shape {
             }
             Shape::NonKnock => "(b) SYNs from random sources to non-knock ports 20000-29999",
             Shape::FirstStep => "(c) SYNs from random sources, all to the first knock port 7000",
+            Shape::SpaJunk => {
+                "(s) 200-byte UDP datagrams of base64-alphabet junk from random sources to the SPA port 62201"
+            }
         }
     }
 
@@ -64,6 +78,20 @@ impl Shape {
             Shape::KnockRange => (6995..=7004).chain(7995..=8004).chain(8995..=9004).collect(),
             Shape::NonKnock => (20000..=29999).collect(),
             Shape::FirstStep => vec![7000],
+            Shape::SpaJunk => vec![SPA_PORT],
+        }
+    }
+
+    fn is_udp(self) -> bool {
+        self == Shape::SpaJunk
+    }
+
+    /// Bytes on the wire from the Ethernet header on.
+    fn frame_len(self) -> usize {
+        if self.is_udp() {
+            UDP_PAYLOAD + SPA_JUNK_LEN
+        } else {
+            TCP_FRAME_LEN
         }
     }
 }
@@ -94,7 +122,11 @@ impl Outcome {
 }
 
 const BATCH: usize = 64;
-const FRAME_LEN: usize = 54;
+/// Room for the largest frame of any shape.
+const FRAME_LEN: usize = 256;
+const TCP_FRAME_LEN: usize = 54;
+/// Where a UDP frame's payload starts.
+const UDP_PAYLOAD: usize = 42;
 const SERVER: [u8; 4] = [10, 77, 0, 1];
 
 /// Floods from namespace `ns` out of `ifname` to `dst_mac`. Blocks until done;
@@ -116,7 +148,8 @@ pub fn run(ns: &str, ifname: &str, dst_mac: [u8; 6], spec: &Spec, stop: Arc<Atom
         let socks = (0..threads).map(|_| packet_socket()).collect::<Result<Vec<_>>>()?;
         Ok((socks, ifindex))
     })??;
-    let ports = Arc::new(spec.shape.ports());
+    let shape = spec.shape;
+    let ports = Arc::new(shape.ports());
     let start = Instant::now();
     let deadline = start + spec.duration;
     let per_thread = spec.max_packets / threads as u64;
@@ -128,7 +161,8 @@ pub fn run(ns: &str, ifname: &str, dst_mac: [u8; 6], spec: &Spec, stop: Arc<Atom
             let ports = ports.clone();
             let stop = stop.clone();
             std::thread::spawn(move || {
-                worker(sock, ifindex, dst_mac, &ports, per_thread, deadline, pace, i as u64, &stop)
+                let job = Job { shape, ports: &ports, max: per_thread, deadline, pace, seed: i as u64 };
+                worker(sock, ifindex, dst_mac, &job, &stop)
             })
         })
         .collect();
@@ -195,16 +229,27 @@ fn sum16(bytes: &[u8]) -> u32 {
     bytes.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum()
 }
 
-fn template(dst_mac: [u8; 6]) -> [u8; FRAME_LEN] {
+fn template(shape: Shape, dst_mac: [u8; 6]) -> [u8; FRAME_LEN] {
     let mut f = [0u8; FRAME_LEN];
     f[..6].copy_from_slice(&dst_mac);
     f[6..12].copy_from_slice(&[0x02, 0, 0, 0x77, 0, 0xfe]);
     f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     f[14] = 0x45;
-    f[16..18].copy_from_slice(&40u16.to_be_bytes());
+    f[16..18].copy_from_slice(&((shape.frame_len() - 14) as u16).to_be_bytes());
     f[22] = 64; // TTL
-    f[23] = 6; // TCP
     f[30..34].copy_from_slice(&SERVER);
+    if shape.is_udp() {
+        f[23] = 17;
+        f[38..40].copy_from_slice(&((shape.frame_len() - 34) as u16).to_be_bytes());
+        // UDP checksum 0 (none, valid over IPv4): the payload never changes,
+        // and the XDP program drops the datagram before the stack looks.
+        const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        for (i, b) in f[UDP_PAYLOAD..shape.frame_len()].iter_mut().enumerate() {
+            *b = B64[(i * 37 + 11) % B64.len()];
+        }
+        return f;
+    }
+    f[23] = 6; // TCP
     f[38..42].copy_from_slice(&1u32.to_be_bytes()); // seq
     f[46] = 5 << 4;
     f[47] = 0x02; // SYN
@@ -217,20 +262,23 @@ fn template(dst_mac: [u8; 6]) -> [u8; FRAME_LEN] {
 #[derive(Clone, Copy)]
 struct Sums {
     ip: u32,
-    tcp: u32,
+    /// `None` for UDP, which goes without a checksum.
+    tcp: Option<u32>,
 }
 
-fn fixed_sums(f: &[u8; FRAME_LEN]) -> Sums {
+fn fixed_sums(shape: Shape, f: &[u8; FRAME_LEN]) -> Sums {
     let mut t = *f;
     t[24..30].fill(0); // IP checksum and source
     t[34..38].fill(0); // ports
     t[50..52].fill(0); // TCP checksum
                        // The TCP pseudo header: destination, protocol and length (source varies).
-    Sums { ip: sum16(&t[14..34]), tcp: sum16(&t[30..34]) + 6 + 20 + sum16(&t[34..54]) }
+    let tcp = (!shape.is_udp()).then(|| sum16(&t[30..34]) + 6 + 20 + sum16(&t[34..54]));
+    Sums { ip: sum16(&t[14..34]), tcp }
 }
 
 /// New random source, source port and destination port, with correct IP and
 /// TCP checksums (so the server's stack treats the frames as real SYNs).
+/// UDP and TCP keep their ports at the same offsets.
 fn randomize(f: &mut [u8; FRAME_LEN], sums: Sums, rng: &mut Rng, ports: &[u16]) {
     let x = rng.next();
     let mut src = (x >> 32) as u32;
@@ -245,25 +293,28 @@ fn randomize(f: &mut [u8; FRAME_LEN], sums: Sums, rng: &mut Rng, ports: &[u16]) 
     f[34..36].copy_from_slice(&sport.to_be_bytes());
     f[36..38].copy_from_slice(&dport.to_be_bytes());
     f[24..26].copy_from_slice(&csum_fold(sums.ip + src_sum).to_be_bytes());
-    let tcp = csum_fold(sums.tcp + src_sum + sport as u32 + dport as u32);
-    f[50..52].copy_from_slice(&tcp.to_be_bytes());
+    if let Some(fixed) = sums.tcp {
+        let tcp = csum_fold(fixed + src_sum + sport as u32 + dport as u32);
+        f[50..52].copy_from_slice(&tcp.to_be_bytes());
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn worker(
-    sock: OwnedFd,
-    ifindex: i32,
-    dst_mac: [u8; 6],
-    ports: &[u16],
+/// One worker thread's share of a flood.
+struct Job<'a> {
+    shape: Shape,
+    ports: &'a [u16],
     max: u64,
     deadline: Instant,
     pace: Option<f64>,
     seed: u64,
-    stop: &AtomicBool,
-) -> (u64, u64) {
+}
+
+fn worker(sock: OwnedFd, ifindex: i32, dst_mac: [u8; 6], job: &Job, stop: &AtomicBool) -> (u64, u64) {
+    let Job { shape, ports, max, deadline, pace, seed } = *job;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (seed + 1).wrapping_mul(0x2545_f491_4f6c_dd1d) ^ now_nanos());
-    let mut frames = vec![template(dst_mac); BATCH];
-    let sums = fixed_sums(&frames[0]);
+    let mut frames = vec![template(shape, dst_mac); BATCH];
+    let sums = fixed_sums(shape, &frames[0]);
+    let frame_len = shape.frame_len();
     // The flood is the attacker's CPU, not the server's: on this 2-core rig
     // the generator must not starve the daemon under test (nor knockd), so it
     // runs at the lowest priority. Softirq work it triggers is unaffected.
@@ -277,7 +328,7 @@ fn worker(
     sll.sll_addr[..6].copy_from_slice(&dst_mac);
     let mut iovs: Vec<libc::iovec> = frames
         .iter_mut()
-        .map(|f| libc::iovec { iov_base: f.as_mut_ptr().cast(), iov_len: FRAME_LEN })
+        .map(|f| libc::iovec { iov_base: f.as_mut_ptr().cast(), iov_len: frame_len })
         .collect();
     let mut msgs: Vec<libc::mmsghdr> = iovs
         .iter_mut()
@@ -349,8 +400,8 @@ mod tests {
         let mut rng = Rng(42);
         let ports = Shape::KnockRange.ports();
         assert_eq!(ports.len(), 30);
-        let mut f = template([2, 0, 0, 0, 0, 1]);
-        let sums = fixed_sums(&f);
+        let mut f = template(Shape::KnockRange, [2, 0, 0, 0, 0, 1]);
+        let sums = fixed_sums(Shape::KnockRange, &f);
         for _ in 0..1000 {
             randomize(&mut f, sums, &mut rng, &ports);
             assert_eq!(csum_fold(sum16(&f[14..34])), 0, "IP checksum verifies");
@@ -359,6 +410,24 @@ mod tests {
             assert!(ports.contains(&u16::from_be_bytes([f[36], f[37]])));
             assert_ne!(&f[26..29], &[10, 77, 0], "never a test-subnet source");
             assert_eq!(&f[30..34], &SERVER);
+        }
+    }
+
+    #[test]
+    fn spa_junk_is_a_udp_datagram_of_plausible_spa_length() {
+        let mut rng = Rng(7);
+        let shape = Shape::SpaJunk;
+        let mut f = template(shape, [2, 0, 0, 0, 0, 1]);
+        let sums = fixed_sums(shape, &f);
+        for _ in 0..1000 {
+            randomize(&mut f, sums, &mut rng, &shape.ports());
+            assert_eq!(csum_fold(sum16(&f[14..34])), 0, "IP checksum verifies");
+            assert_eq!(f[23], 17, "UDP");
+            assert_eq!(u16::from_be_bytes([f[16], f[17]]) as usize, shape.frame_len() - 14);
+            assert_eq!(u16::from_be_bytes([f[38], f[39]]) as usize, 8 + SPA_JUNK_LEN);
+            assert_eq!(u16::from_be_bytes([f[36], f[37]]), SPA_PORT);
+            let payload = &f[UDP_PAYLOAD..shape.frame_len()];
+            assert!(payload.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/'));
         }
     }
 }

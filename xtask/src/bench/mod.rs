@@ -88,14 +88,26 @@ impl Plan {
 }
 
 /// Shapes (a) and (b) with knock's timing; (c) with it and with 200 ms
-/// between knocks (a first step that waits in the kernel while the flood runs).
+/// between knocks (a first step that waits in the kernel while the flood
+/// runs); (s) junk to an SPA port with real fwknop packets. `XKNOCK_BENCH_SHAPES`
+/// (e.g. `s` or `a,c`) keeps only those shapes and skips the memory run.
 fn cases() -> Vec<Case> {
-    vec![
+    let all = vec![
         Case::new(Shape::KnockRange, 0),
         Case::new(Shape::NonKnock, 0),
         Case::new(Shape::FirstStep, 0),
         Case::new(Shape::FirstStep, SLOW_KNOCK_MS),
-    ]
+        Case::new(Shape::SpaJunk, 0),
+    ];
+    match only_shapes() {
+        Some(keys) => all.into_iter().filter(|c| keys.iter().any(|k| k == c.shape.key())).collect(),
+        None => all,
+    }
+}
+
+fn only_shapes() -> Option<Vec<String>> {
+    let v = std::env::var("XKNOCK_BENCH_SHAPES").ok().filter(|v| !v.trim().is_empty())?;
+    Some(v.split(',').map(|k| k.trim().to_string()).collect())
 }
 
 /// `knock -d 200` / `xknock -d 200`.
@@ -149,13 +161,18 @@ pub fn run(quick: bool, from_test: bool) -> Result<()> {
         }
     }
 
-    say(&format!("memory: spoofed first-step flood, 2 x {} s", plan.mem_phase.as_secs_f64()));
     let mut mem = Vec::new();
-    let ours = scenario::mem_run(&rig, Kind::Xknockd, plan.mem_phase, None, plan.flood.threads)?;
-    let pace = Some(ours.sent[0] as f64 / plan.mem_phase.as_secs_f64());
-    mem.push(ours);
-    mem.push(scenario::mem_run(&rig, Kind::Knockd, plan.mem_phase, pace, plan.flood.threads)?);
+    if only_shapes().is_none() {
+        say(&format!("memory: spoofed first-step flood, 2 x {} s", plan.mem_phase.as_secs_f64()));
+        let ours = scenario::mem_run(&rig, Kind::Xknockd, plan.mem_phase, None, plan.flood.threads)?;
+        let pace = Some(ours.sent[0] as f64 / plan.mem_phase.as_secs_f64());
+        mem.push(ours);
+        mem.push(scenario::mem_run(&rig, Kind::Knockd, plan.mem_phase, pace, plan.flood.threads)?);
+    }
     drop(rig);
+    if plan.quick {
+        spa_ran(&plan, &floods)?;
+    }
 
     let results = Results { plan, release, testrun: tr, floods, mem, wall: t0.elapsed() };
     let dir = workspace_root().join("target/bench");
@@ -174,6 +191,11 @@ fn flood_case(rig: &Rig, plan: &Plan, case: Case, trial: usize, floods: &mut Vec
         floods.push(r);
         Ok(rate)
     };
+    // knockd has no SPA: shape (s) is xknockd's alone.
+    if case.shape == Shape::SpaJunk {
+        run(Kind::XknockdSpa, None)?;
+        return Ok(());
+    }
     let pace = Some(run(Kind::Xknockd, None)?);
     run(Kind::Knockd, pace)?;
     let mut kinds = Vec::new();
@@ -194,6 +216,32 @@ fn flood_case(rig: &Rig, plan: &Plan, case: Case, trial: usize, floods: &mut Vec
     }
     for kind in kinds {
         run(kind, pace)?;
+    }
+    Ok(())
+}
+
+/// `--quick` asserts nothing about speed, only that shape (s) really ran:
+/// the junk went out, every fwknop packet was sent, and the kernel handed
+/// SPA candidates to the daemon.
+fn spa_ran(plan: &Plan, floods: &[FloodRun]) -> Result<()> {
+    if !plan.cases.iter().any(|c| c.shape == Shape::SpaJunk) {
+        return Ok(());
+    }
+    let Some(r) = floods.iter().find(|f| f.kind == Kind::XknockdSpa) else {
+        bail!("shape (s) did not run");
+    };
+    let captured = r.counters.map_or(0, |c| c.get(knockd_common::counter::SPA_CAPTURED));
+    if r.gen.sent == 0
+        || r.sent_sequences != plan.flood.sequences
+        || captured == 0
+        || r.spa_accepted.is_none()
+    {
+        bail!(
+            "shape (s) did not run as planned: {} junk frames, {}/{} fwknop packets sent, spa_captured {captured}",
+            r.gen.sent,
+            r.sent_sequences,
+            plan.flood.sequences
+        );
     }
     Ok(())
 }

@@ -233,6 +233,15 @@ fn md_case(s: &mut String, r: &Results, case: Case) {
     *s += &row("first steps kept in the kernel (no event), total", &count(counter::FIRST_STEP));
     *s += &row("later steps from sources with no first step (no event), total", &count(counter::ORPHAN_STEP));
     *s += &row("ring buffer full (events lost), total", &count(counter::RINGBUF_FULL));
+    if case.shape == Shape::SpaJunk {
+        *s += &row("**fwknop packets accepted (`SPA accepted` lines) / sent**", &|a| {
+            let acc: usize = a.runs.iter().filter_map(|f| f.spa_accepted).sum();
+            format!("**{acc}/{}**", a.sent())
+        });
+        *s += &row("SPA datagrams handed to the daemon (spa_captured), total", &count(counter::SPA_CAPTURED));
+        *s += &row("dropped by a source's token bucket (spa_limited), total", &count(counter::SPA_LIMITED));
+        *s += &row("lost to a full SPA ring (spa_ring_full), total", &count(counter::SPA_RING_FULL));
+    }
     *s += &row("**sequences opened / sent**", &|a| {
         format!("**{}/{}** ({:.0}%)", a.opened(), a.sent(), a.opened_pct())
     });
@@ -267,6 +276,14 @@ fn md_case(s: &mut String, r: &Results, case: Case) {
         format!("{} / {}", f2(a.med(|f| m(&f.maps_before))), f2(a.med(|f| m(&f.maps_after))))
     });
     md_case_notes(s, r, case);
+    if case.shape == Shape::SpaJunk {
+        let _ = writeln!(
+            s,
+            "\nShape (s) runs xknockd alone: knockd has no SPA, so there is nothing to compare. The door has an `spa` block (port {}, fwknop's HMAC-SHA256 + Rijndael keys) and `open:` port {}/tcp on nftables; each real packet is Debian's `fwknop --use-hmac -a SRC` from its own client address, and \"opened\" is its nft set element, timed from fwknop's spawn (so the latency includes fwknop's own start and key derivation).",
+            super::flood::SPA_PORT,
+            super::rig::GATED_PORT
+        );
+    }
     let _ = writeln!(s);
 }
 
@@ -388,6 +405,7 @@ fn kinds(r: &Results, case: Case) -> Vec<Kind> {
         Kind::XknockdNative,
         Kind::XknockdNft,
         Kind::XknockdXdp,
+        Kind::XknockdSpa,
         Kind::Bare,
         Kind::EmptyXdp,
     ]
@@ -474,7 +492,7 @@ fn json(r: &Results) -> serde_json::Value {
         },
         "floods": r.floods.iter().map(|f| json!({
             "daemon": f.kind.key(), "shape": f.case.shape.key(), "knock_delay_ms": f.case.delay_ms, "trial": f.trial,
-            "sent_sequences": f.sent_sequences, "opened": f.opened,
+            "sent_sequences": f.sent_sequences, "opened": f.opened, "spa_accepted": f.spa_accepted,
             "latencies_ms": f.latencies_ms, "idle_latencies_ms": f.idle_latencies_ms,
             "generator": {"sent": f.gen.sent, "seconds": f.gen.elapsed.as_secs_f64(), "refused": f.gen.refused},
             "server": {"rx_packets": f.server.rx_packets, "rx_dropped": f.server.rx_dropped},

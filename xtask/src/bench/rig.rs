@@ -64,19 +64,7 @@ impl Rig {
     /// returns when its last knock left, as read from `xknock -v` (it prints
     /// each hit just before sending it). `opens` is armed at that moment.
     pub fn knock(&self, src: Ipv4Addr, delay_ms: u64, opens: &Opens) -> Result<Instant> {
-        self.pair.in_ns(
-            &self.pair.client,
-            &[
-                "ip",
-                "route",
-                "replace",
-                &format!("{SERVER_V4}/32"),
-                "dev",
-                &self.pair.client_if,
-                "src",
-                &src.to_string(),
-            ],
-        )?;
+        self.route_from(src)?;
         let mut cmd = self.pair.client_cmd(self.bin_dir.join("xknock").to_str().context("utf-8")?);
         cmd.args(["-v", "-d", &delay_ms.to_string(), SERVER_V4, "7000", "8000", "9000"])
             .stdout(Stdio::piped())
@@ -94,6 +82,47 @@ impl Rig {
             bail!("xknock from {src} failed: {status}");
         }
         sent.context("xknock printed no last hit")
+    }
+
+    /// Sends one SPA packet with Debian's `fwknop` from source `src` (its
+    /// allow-IP), asking for the gated port, and returns when it was
+    /// spawned: the latency then includes fwknop's own start and key
+    /// derivation. `--no-rc-file`/`--no-save-args` keep ~/.fwknoprc out,
+    /// `-a` avoids fwknop's external IP lookup.
+    pub fn spa(&self, src: Ipv4Addr, opens: &Opens) -> Result<Instant> {
+        self.route_from(src)?;
+        let mut cmd = self.pair.client_cmd("fwknop");
+        cmd.args(["--no-rc-file", "--no-save-args", "-A", &format!("tcp/{GATED_PORT}"), "-D", SERVER_V4])
+            .args(["-p", &super::flood::SPA_PORT.to_string(), "--use-hmac"])
+            .args(["--key-base64-rijndael", SPA_KEY, "--key-base64-hmac", SPA_HMAC])
+            .args(["-U", "bench", "-a", &src.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        opens.arm(src);
+        let sent = Instant::now();
+        let out = cmd.output().context("spawning fwknop")?;
+        if !out.status.success() {
+            bail!("fwknop from {src} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(sent)
+    }
+
+    /// Packets to the server leave from `src`.
+    fn route_from(&self, src: Ipv4Addr) -> Result<()> {
+        self.pair.in_ns(
+            &self.pair.client,
+            &[
+                "ip",
+                "route",
+                "replace",
+                &format!("{SERVER_V4}/32"),
+                "dev",
+                &self.pair.client_if,
+                "src",
+                &src.to_string(),
+            ],
+        )?;
+        Ok(())
     }
 
     /// `ip -j -s link show dev IF` in `ns`.
@@ -168,6 +197,9 @@ pub enum Kind {
     XknockdNft,
     /// The same door on the xdp backend, timed to the GATE_ALLOW entry.
     XknockdXdp,
+    /// The nftables door with an `spa` block instead of a sequence, opened
+    /// by Debian's `fwknop` client (shape s).
+    XknockdSpa,
     /// No daemon and no XDP program: the veth alone (softirq baseline).
     Bare,
     /// No daemon, an empty XDP program attached natively: what any XDP
@@ -184,6 +216,7 @@ impl Kind {
             Kind::Knockd => "knockd",
             Kind::XknockdNft => "xknockd-nft",
             Kind::XknockdXdp => "xknockd-xdp",
+            Kind::XknockdSpa => "xknockd-spa",
             Kind::Bare => "no-daemon",
             Kind::EmptyXdp => "empty-xdp",
         }
@@ -192,13 +225,23 @@ impl Kind {
     pub fn is_ours(self) -> bool {
         matches!(
             self,
-            Kind::Xknockd | Kind::XknockdQuiet | Kind::XknockdNative | Kind::XknockdNft | Kind::XknockdXdp
+            Kind::Xknockd
+                | Kind::XknockdQuiet
+                | Kind::XknockdNative
+                | Kind::XknockdNft
+                | Kind::XknockdXdp
+                | Kind::XknockdSpa
         )
     }
 
     /// Opens through a gate (`open:` door) rather than a command.
     pub fn is_gate(self) -> bool {
-        matches!(self, Kind::XknockdNft | Kind::XknockdXdp)
+        matches!(self, Kind::XknockdNft | Kind::XknockdXdp | Kind::XknockdSpa)
+    }
+
+    /// The gate lives in the server namespace's nftables.
+    fn is_nft(self) -> bool {
+        matches!(self, Kind::XknockdNft | Kind::XknockdSpa)
     }
 
     /// A daemon that can open the door (the others only load the link).
@@ -210,11 +253,25 @@ impl Kind {
 /// The port the gate runs' `open:` door protects.
 pub const GATED_PORT: u16 = 2222;
 
+/// The SPA door's keys (the ones tests/tests/spa_gate.rs uses).
+const SPA_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const SPA_HMAC: &str =
+    "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+Pw==";
+
 /// The gate runs' YAML: the same door as [`config`] with an `open:` block
-/// instead of a command.
+/// instead of a command, or for shape (s) an `spa` block instead of a
+/// sequence. The replay cache goes to the run's temp dir, not /var/lib.
 fn gate_config(kind: Kind, dir: &Path, pins: Option<&Path>) -> String {
     let backend = if kind == Kind::XknockdXdp { "xdp" } else { "nftables" };
     let pins = pins.map_or(String::new(), |p| format!("  bpffs_dir: {}\n", p.display()));
+    if kind == Kind::XknockdSpa {
+        return format!(
+            "options:\n  log_file: {}\n  state_dir: {}\ndoors:\n  openSSH:\n    spa:\n      port: {}\n      key_base64: \"{SPA_KEY}\"\n      hmac_key_base64: \"{SPA_HMAC}\"\n    open:\n      ports: [\"{GATED_PORT}/tcp\"]\n      duration: 3600\n      backend: {backend}\n",
+            dir.join("daemon.log").display(),
+            dir.join("state").display(),
+            super::flood::SPA_PORT
+        );
+    }
     format!(
         "options:\n  log_file: {}\n{pins}doors:\n  openSSH:\n    sequence: [\"7000\", \"8000\", \"9000\"]\n    seq_timeout: 5\n    tcp_flags: syn\n    open:\n      ports: [\"{GATED_PORT}/tcp\"]\n      duration: 3600\n      backend: {backend}\n",
         dir.join("daemon.log").display()
@@ -268,7 +325,7 @@ impl Running {
         };
         let opens = match kind {
             // Listening before the daemon starts, so no element goes unseen.
-            Kind::XknockdNft => Opens::Nft(NftMonitor::new(&pair.server)?),
+            Kind::XknockdNft | Kind::XknockdSpa => Opens::Nft(NftMonitor::new(&pair.server)?),
             // The xdp poller replaces this once the daemon holds GATE_ALLOW.
             _ => Opens::Fifo(Fifo::new(&dir.path("opens.fifo"))?),
         };
@@ -362,6 +419,17 @@ impl Running {
         Ok(me)
     }
 
+    /// Of `sources`, those with an `SPA accepted` line in the daemon's log.
+    pub fn spa_accepted(&self, sources: &[String]) -> usize {
+        let log = fs::read_to_string(self.dir.path("daemon.log")).unwrap_or_default();
+        let accepted: std::collections::HashSet<&str> = log
+            .lines()
+            .filter(|l| l.contains("SPA accepted"))
+            .flat_map(|l| l.split_whitespace().filter_map(|w| w.strip_suffix(':')))
+            .collect();
+        sources.iter().filter(|ip| accepted.contains(ip.as_str())).count()
+    }
+
     pub fn counters(&self) -> Result<Option<Counters>> {
         self.counters.as_ref().map(|c| c.read()).transpose()
     }
@@ -437,7 +505,7 @@ impl Running {
                 eprintln!("bench: {} ignored SIGTERM for {} s; killing it", self.kind.key(), grace.as_secs());
             }
         }
-        if self.kind == Kind::XknockdNft {
+        if self.kind.is_nft() {
             let _ = xknock_tests::netns::ns_command(&self.ns, "nft")
                 .args(["delete", "table", "inet", "xknockd"])
                 .stderr(Stdio::null())

@@ -97,6 +97,9 @@ pub struct FloodRun {
     /// ... and how long `/bin/sh -c true` takes to spawn and finish (ms),
     /// which is what a door's command costs before it does anything.
     pub sh_ms: Vec<f64>,
+    /// Shape (s): `SPA accepted` lines the daemon logged for the packets
+    /// sent during the flood.
+    pub spa_accepted: Option<usize>,
 }
 
 impl FloodRun {
@@ -129,7 +132,7 @@ pub fn flood_run(
     let mut idle_sends = Vec::new();
     for i in 0..idle_n {
         let src = knocker(i as u8);
-        idle_sends.push((src.to_string(), rig.knock(src, case.delay_ms, &d.opens)?));
+        idle_sends.push((src.to_string(), send(rig, case, src, &d)?));
         wait_until(Duration::from_secs(2), || d.opens.count() > i);
     }
     let maps_before = d.map_memory()?;
@@ -163,7 +166,7 @@ pub fn flood_run(
                     std::thread::sleep(wait);
                 }
                 let src = knocker((idle_n + j) as u8);
-                sends.push((src.to_string(), rig.knock(src, case.delay_ms, &d.opens)?));
+                sends.push((src.to_string(), send(rig, case, src, &d)?));
             }
             Ok(sends)
         });
@@ -221,6 +224,10 @@ pub fn flood_run(
     };
     let tracker = d.tracker();
     let maps_after = d.map_memory()?;
+    let spa_accepted = (case.shape == Shape::SpaJunk).then(|| {
+        let ips: Vec<String> = sends.iter().map(|(ip, _)| ip.clone()).collect();
+        d.spa_accepted(&ips)
+    });
     let first_open: HashMap<String, Instant> = d.stop().finish();
     let lat = |sends: &[(String, Instant)]| -> Vec<f64> {
         sends
@@ -253,7 +260,18 @@ pub fn flood_run(
         maps_after,
         wake_late_ms,
         sh_ms,
+        spa_accepted,
     })
+}
+
+/// One real knock sequence, or under shape (s) one real fwknop packet, from
+/// `src`; returns when it left.
+fn send(rig: &Rig, case: Case, src: std::net::Ipv4Addr, d: &Running) -> Result<Instant> {
+    if case.shape == Shape::SpaJunk {
+        rig.spa(src, &d.opens)
+    } else {
+        rig.knock(src, case.delay_ms, &d.opens)
+    }
 }
 
 /// Memory under a spoofed-source flood: every frame a first knock from a new

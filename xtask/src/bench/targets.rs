@@ -24,6 +24,7 @@ pub const SHAPE_C: Case = Case::new(Shape::FirstStep, 0);
 pub const SHAPE_C_SLOW: Case = Case::new(Shape::FirstStep, SLOW_KNOCK_MS);
 pub const SHAPE_A: Case = Case::new(Shape::KnockRange, 0);
 pub const SHAPE_B: Case = Case::new(Shape::NonKnock, 0);
+pub const SHAPE_S: Case = Case::new(Shape::SpaJunk, 0);
 
 /// One daemon under one case, over every trial.
 pub struct Agg<'a> {
@@ -134,6 +135,7 @@ pub fn verdicts(r: &Results) -> Vec<Target> {
     out.extend(per_packet(r));
     out.push(latency(r, Kind::XknockdNft, "knock-to-open p99 <= 2 ms under flood, `open:` door on nftables"));
     out.push(latency(r, Kind::XknockdXdp, "knock-to-open p99 <= 2 ms under flood, `open:` door on xdp"));
+    out.push(spa_flood(r));
     out.push(match r.mem.iter().find(|m| m.kind == Kind::Xknockd) {
         Some(m) => mem_verdict(m),
         None => Target { name: MEM_TARGET, verdict: Verdict::NotShown, evidence: "no memory run".into() },
@@ -232,6 +234,37 @@ fn opened_ab(r: &Results) -> Target {
     };
     let evidence = cases.iter().map(|&c| opened_line(r, c)).collect::<Vec<_>>().join("; ");
     Target { name: "shapes (a) and (b): 100% of sequences open", verdict, evidence }
+}
+
+/// Every real fwknop packet sent during the junk flood is accepted (by the
+/// daemon's own log line) and opens its window.
+fn spa_flood(r: &Results) -> Target {
+    const NAME: &str = "SPA under junk flood: 100% accepted";
+    let a = Agg::of(r, Kind::XknockdSpa, SHAPE_S);
+    if a.is_empty() {
+        return Target { name: NAME, verdict: Verdict::NotShown, evidence: "no shape (s) run".into() };
+    }
+    let accepted: usize = a.runs.iter().filter_map(|f| f.spa_accepted).sum();
+    let few = a.runs.iter().any(|f| f.sent_sequences < MIN_SEQUENCES);
+    let c = |i| a.counter(i).unwrap_or(0);
+    let mut evidence = format!(
+        "{accepted}/{} accepted ({} opened) at {:.2} Mpps; spa_captured {}, spa_limited {}, spa_ring_full {}; daemon CPU {:.2} s per run, {:.3} s/Mpkt",
+        a.sent(),
+        a.opened(),
+        a.med(|f| f.gen.rate()) / 1e6,
+        c(counter::SPA_CAPTURED),
+        c(counter::SPA_LIMITED),
+        c(counter::SPA_RING_FULL),
+        a.med(|f| f.daemon_cpu_s),
+        a.cpu_per_mpkt()
+    );
+    let verdict = if few {
+        evidence += &format!(" (fewer than {MIN_SEQUENCES} packets per run)");
+        Verdict::NotShown
+    } else {
+        Verdict::of(accepted == a.sent() && a.all_opened(MIN_SEQUENCES))
+    };
+    Target { name: NAME, verdict, evidence }
 }
 
 fn per_packet(r: &Results) -> Vec<Target> {
