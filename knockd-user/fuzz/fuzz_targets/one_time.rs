@@ -33,7 +33,11 @@ fuzz_target!(|data: &[u8]| {
         let changed = before.iter().zip(&after).filter(|(a, b)| a != b).count();
         assert!(changed <= 1 && before.len() == after.len(), "a burn changed more than one byte");
         let reread = OneTimeFile::open(&path).unwrap();
-        assert_eq!(reread.active().map(|(_, _, s)| s), next, "the file and the burn disagree on what is next");
+        assert_eq!(
+            reread.active().map(|(_, _, s)| s),
+            next,
+            "the file and the burn disagree on what is next"
+        );
         file = reread;
         burns += 1;
     }
