@@ -11,18 +11,7 @@ fn keys() -> SpaKeys {
     SpaKeys::from_base64(KEY, HMAC).unwrap()
 }
 
-fn vector1() -> SpaMessage {
-    SpaMessage {
-        rand: "1234567890123456".into(),
-        user: "alice".into(),
-        timestamp: 1_700_000_000,
-        version: "3.0.0".into(),
-        kind: MessageType::Access,
-        allow_ip: "127.0.0.1".parse().unwrap(),
-        access: vec!["tcp/22".parse().unwrap()],
-        client_timeout: None,
-    }
-}
+use crate::spa::plaintext::tests::vector1;
 
 const WIRE1: &str = "8BAgMEBQYHCGn9PZ4nxPwf7DQ7Vp7SDMPX6d36vlKmhoMDTu7pRTvP+1g4fx9V2y9zad+5K1mHEfClgi/8IM9ssfgufZoPa7tWK8lBjDKJk949HWwTPp1Yf9xGkjWxeZOLPhgce7+Mc1kp8fCkS7uCrWpIUk3TyPQ+o9lzUtMooGGmSojhQhiKmg4Qn+DFeJ83mLvvoH8SV4";
 const WIRE2: &str = "8BAgMEBQYHCGn9PZ4nxPwf7DQ7Vp7SDMPX6d36vlKmhoMDTu7pRTvPZeiF0tKWT3T8XAEEg5cDb/7x4f7HmXenS+5BXrXpwzoFUCFFSEOQwldnc4qGCg2tZZE/JK2sg9keqLBltcotkJOUkMP09BLiCFjTLaUUfYOZzLU8iNmMngx+ZbqSKT/AeA0iN0OIaX+VWn5HhH1SJn36KG5DFIjh0linzDdVr6Y";

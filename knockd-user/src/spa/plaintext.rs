@@ -182,10 +182,11 @@ pub fn digest_b64(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn vector1() -> SpaMessage {
+    /// The spec's first test vector, as a message; the codec tests use it too.
+    pub(in crate::spa) fn vector1() -> SpaMessage {
         SpaMessage {
             rand: "1234567890123456".into(),
             user: "alice".into(),
