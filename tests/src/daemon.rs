@@ -134,9 +134,7 @@ impl Server {
 
     /// Runs `xknock ARGS` in the client namespace and insists it succeeds.
     pub fn knock(&self, args: &[&str]) {
-        let out =
-            self.pair.client_cmd(bin("xknock").to_str().unwrap()).args(args).output().expect("spawn xknock");
-        assert!(out.status.success(), "xknock {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        self.pair.xknock(args)
     }
 
     pub fn signal(&self, sig: i32) {

@@ -137,6 +137,13 @@ impl NetPair {
     pub fn client_cmd(&self, program: &str) -> Command {
         ns_command(&self.client, program)
     }
+
+    /// Runs `xknock ARGS` in the client namespace and insists it succeeds.
+    pub fn xknock(&self, args: &[&str]) {
+        let xknock = crate::daemon::bin("xknock");
+        let out = self.client_cmd(xknock.to_str().unwrap()).args(args).output().expect("spawn xknock");
+        assert!(out.status.success(), "xknock {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
 }
 
 impl Drop for NetPair {

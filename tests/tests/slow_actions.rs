@@ -117,14 +117,7 @@ impl Slowed {
 
     /// Runs `xknock SERVER ports...` in the client namespace.
     fn knock(&self, ports: &[&str]) {
-        let out = self
-            .pair
-            .client_cmd(bin("xknock").to_str().unwrap())
-            .arg(SERVER_V4)
-            .args(ports)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "xknock {ports:?}: {}", String::from_utf8_lossy(&out.stderr));
+        self.pair.xknock(&[&[SERVER_V4], ports].concat());
     }
 
     fn marked(&self, name: &str) -> bool {
