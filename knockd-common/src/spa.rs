@@ -9,9 +9,12 @@ pub const SPA_MAX_PAYLOAD: u16 = 399;
 /// Room for the payload in a record: the maximum, rounded up to a multiple of 8.
 pub const SPA_PAYLOAD_CAP: usize = 400;
 
-/// The SPA ring: 512 KiB holds 1150 records of 456 bytes, a second of
-/// packets at the daemon's slowest rejection rate measured (see the README).
-pub const SPA_RING_BYTES: u32 = 1 << 19;
+/// The SPA ring: 8 MiB holds 18 K records of 464 bytes. Random spoofed
+/// sources pass every token bucket, so in a flood the ring is what must
+/// bridge the moments the screener thread is not on a CPU: at the 0.3 Mpps
+/// a 2-core machine delivered in the bench that is 60 ms, several
+/// scheduler slices.
+pub const SPA_RING_BYTES: u32 = 1 << 23;
 
 /// Sources whose token bucket the kernel keeps (an LRU map). One real client
 /// sends one packet; 16 K entries of ~100 bytes each (with the map's own

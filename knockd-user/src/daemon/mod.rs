@@ -11,6 +11,7 @@ mod ops;
 mod ratelimit;
 mod reload;
 mod spa;
+mod spa_screen;
 mod worker;
 
 use std::{
@@ -74,7 +75,7 @@ pub struct Daemon {
     names: names::Names,
     gates: worker::GateWorker,
     limiter: ratelimit::OpenLimiter,
-    spa: spa::SpaState,
+    spa: spa_screen::SharedSpa,
     dynamic: dynamic::DynamicDoors,
     ops: ops::Ops,
 }
@@ -98,8 +99,9 @@ impl Daemon {
         let local = local_addrs().context("reading local addresses")?;
         apply_kernel_steps(&mut knocker, &cfg)?;
         knocker.set_knock_ports(&kernel_ports(&cfg))?;
-        let mut spa = spa::SpaState::default();
+        let mut spa = spa_screen::SpaState::new(opts.only_ipv4);
         spa.configure(&cfg, &mut knocker)?;
+        let spa = spa_screen::SharedSpa::new(spa);
         // Gates close their ports before the program sees a packet.
         let mut gates = gates::Gates::default();
         gates.sync(&cfg, &mut knocker)?;
@@ -157,8 +159,8 @@ impl Daemon {
         let mut usr1 = signal(SignalKind::user_defined1())?;
         self.log.notice(&knocklog::starting_up(&self.opts.interfaces));
         let mut batch = Vec::new();
-        let mut spa_stream = spa::SpaStream::new(spa::SpaState::take_stream(&mut self.knocker)?)?;
-        let mut spa_batch = Vec::new();
+        let mut spa_verdicts =
+            self.spa.start(self.knocker.take_spa_events()?).context("starting the SPA thread")?;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -176,10 +178,7 @@ impl Daemon {
                         tokio::time::sleep(BUSY_PAUSE).await;
                     }
                 }
-                res = spa_stream.next_batch(&mut spa_batch, spa::PER_WAKEUP) => {
-                    res.context("reading the SPA ring")?;
-                    self.handle_spa(&mut spa_batch).await;
-                }
+                Some(v) = spa_verdicts.recv() => self.handle_screened(v).await,
                 () = deadline => self.purge(&mut events, &mut batch).await?,
                 () = roll => self.roll_periods().await,
                 _ = tick.tick() => self.on_tick(),
@@ -374,7 +373,6 @@ impl Daemon {
     /// second per door.
     fn on_tick(&mut self) {
         self.gates.repair();
-        self.spa_tick();
         for (door, n) in self.limiter.tick(monotonic_now()) {
             self.log.line(&format!("{door}: {n} opens over the rate limit in the last second, not opened"));
         }

@@ -67,7 +67,7 @@ impl Daemon {
             }
             return;
         }
-        if let Err(e) = self.spa.configure(&new, &mut self.knocker) {
+        if let Err(e) = self.spa.lock().configure(&new, &mut self.knocker) {
             log::error!("updating SPA doors: {e:#}");
         }
         if new.options.interfaces != self.cfg.options.interfaces && !new.options.interfaces.is_empty() {

@@ -106,9 +106,9 @@ impl Events {
         }
     }
 
-    /// An SPA packet's fate: `accepted`, or why it was refused.
-    pub fn spa(&self, outcome: &str) {
-        self.spa.get_or_create(&OutcomeLabel { outcome: outcome.to_string() }).inc();
+    /// `n` SPA packets' fate: `accepted`, or why they were refused.
+    pub fn spa(&self, outcome: &str, n: u64) {
+        self.spa.get_or_create(&OutcomeLabel { outcome: outcome.to_string() }).inc_by(n);
     }
 
     /// One door's count in `family`, for the status report.

@@ -32,7 +32,7 @@ fn exposes_events_state_and_build_info() {
     events().door_opened("m-ssh");
     events().stage("m-ssh", 2);
     events().command_ran("m-ssh", false);
-    events().spa("bad HMAC");
+    events().spa("bad HMAC", 1);
     let text = render(&state(), Format::Prometheus);
     for line in [
         "xknockd_door_opens_total{door=\"m-ssh\"} 1\n",
@@ -89,7 +89,7 @@ fn the_dashboard_queries_existing_metrics() {
     e.refused("dash", 1);
     e.gate_failed("dash");
     e.command_ran("dash", false);
-    e.spa("accepted");
+    e.spa("accepted", 1);
     let text = render(&state(), Format::OpenMetrics);
     let mut names = 0;
     for (i, _) in dashboard.match_indices("xknockd_") {

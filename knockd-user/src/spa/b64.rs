@@ -20,6 +20,11 @@ pub fn encode(bytes: &[u8]) -> String {
     general_purpose::STANDARD_NO_PAD.encode(bytes)
 }
 
+/// Base64 without `=` into `out`, which must have room; returns the length.
+pub fn encode_into(bytes: &[u8], out: &mut [u8]) -> usize {
+    general_purpose::STANDARD_NO_PAD.encode_slice(bytes, out).expect("the caller sized the buffer")
+}
+
 /// Decodes up to the first `=`, padded or not.
 pub fn decode(text: &str) -> Result<Vec<u8>, DecodeError> {
     let text = text.split('=').next().unwrap_or_default();

@@ -37,13 +37,27 @@ pub fn seal(keys: &SpaKeys, plain: &[u8], salt: &[u8; SALT_LEN]) -> String {
 
 /// Authenticates, decrypts and parses one datagram's payload.
 pub fn decode(keys: &SpaKeys, wire: &[u8]) -> Result<SpaMessage, DecodeError> {
+    open(keys, authenticate(keys, wire)?)
+}
+
+/// A payload whose HMAC matched: its b64 ciphertext without the prefix.
+/// Only [`authenticate`] makes one, so nothing unauthenticated is decrypted.
+#[derive(Clone, Copy, Debug)]
+pub struct Authentic<'a>(&'a str);
+
+/// Shape and HMAC only: all that junk costs, with no allocation.
+pub fn authenticate<'a>(keys: &SpaKeys, wire: &'a [u8]) -> Result<Authentic<'a>, DecodeError> {
     // Room for the HMAC and fwknop's minimal body (36) is guaranteed.
     const _: () = assert!(MIN_WIRE_LEN >= HMAC_B64_LEN + 36);
     let wire = check_shape(wire)?;
     let (body, mac) = wire.split_at(wire.len() - HMAC_B64_LEN);
-    let ct = format!("{SALTED_PREFIX}{body}");
-    crypto::verify_hmac(keys.hmac(), &ct, mac)?;
-    let plain = crypto::decrypt(&ct, keys.enc())?;
+    keys.mac().verify(body, mac)?;
+    Ok(Authentic(body))
+}
+
+/// Decrypts and parses an authenticated payload.
+pub fn open(keys: &SpaKeys, authentic: Authentic<'_>) -> Result<SpaMessage, DecodeError> {
+    let plain = crypto::decrypt(&format!("{SALTED_PREFIX}{}", authentic.0), keys.enc())?;
     plaintext::decode(&plain)
 }
 

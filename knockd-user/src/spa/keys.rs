@@ -3,7 +3,7 @@
 
 use std::{fmt, io::Read, path::Path};
 
-use super::{b64, error::KeyError};
+use super::{b64, crypto::MacKey, error::KeyError};
 use crate::config::file_safety::open_private;
 
 /// fwknop's `RIJNDAEL_MAX_KEYSIZE`: the passphrase is used as is, never padded.
@@ -12,11 +12,22 @@ pub const MAX_KEY_LEN: usize = 32;
 pub const MAX_HMAC_KEY_LEN: usize = 128;
 
 /// The keys of one door. `Debug` never shows them.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct SpaKeys {
     enc: Vec<u8>,
     hmac: Vec<u8>,
+    /// `hmac`, keyed once for the receive path.
+    mac: MacKey,
 }
+
+impl PartialEq for SpaKeys {
+    fn eq(&self, other: &Self) -> bool {
+        // `mac` follows from `hmac`.
+        self.enc == other.enc && self.hmac == other.hmac
+    }
+}
+
+impl Eq for SpaKeys {}
 
 impl SpaKeys {
     /// Raw key bytes, checked against fwknop's length rules.
@@ -26,7 +37,8 @@ impl SpaKeys {
         if enc == hmac {
             return Err(KeyError::SameKeys);
         }
-        Ok(Self { enc, hmac })
+        let mac = MacKey::new(&hmac);
+        Ok(Self { enc, hmac, mac })
     }
 
     /// `KEY_BASE64` and `HMAC_KEY_BASE64` as `fwknop --key-gen` prints them,
@@ -53,6 +65,10 @@ impl SpaKeys {
 
     pub fn hmac(&self) -> &[u8] {
         &self.hmac
+    }
+
+    pub(super) fn mac(&self) -> &MacKey {
+        &self.mac
     }
 }
 

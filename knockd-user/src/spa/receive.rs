@@ -1,12 +1,16 @@
-//! One datagram through one door, in fwknopd's order: replay lookup on the
-//! raw packet, authentication and decoding, recording, then the door's policy.
+//! One datagram through one door: authentication, replay lookup on the raw
+//! packet, decryption and parsing, recording, then the door's policy.
+//!
+//! fwknopd looks the replay cache up before the HMAC. Only authentic packets
+//! are ever recorded, so the outcome is the same either way; HMAC first
+//! spares junk a second SHA-256 and the cache lookup.
 
 use std::net::IpAddr;
 
 use thiserror::Error;
 
 use super::{
-    codec::{decode, replay_digest},
+    codec::{authenticate, open, replay_digest},
     error::{DecodeError, Refusal, ReplayError},
     keys::SpaKeys,
     message::SpaMessage,
@@ -50,11 +54,12 @@ pub fn receive(
     source: IpAddr,
     now: u64,
 ) -> Result<(SpaMessage, Grant), Rejected> {
+    let authentic = authenticate(keys, payload)?;
     let digest = replay_digest(payload);
     if cache.contains(&digest, now) {
         return Err(Refusal::Replay.into());
     }
-    let msg = decode(keys, payload)?;
+    let msg = open(keys, authentic)?;
     cache.record(&digest, expiry(msg.timestamp, now, policy.max_age), now)?;
     let grant = policy.check(&msg, source, now)?;
     Ok((msg, grant))
