@@ -310,6 +310,7 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spa::fixtures::{keys, ssh_access, ssh_policy};
 
     const S: Duration = Duration::from_secs(1);
 
@@ -343,45 +344,23 @@ mod tests {
     }
 
     /// One door on 62201 whose replay cache lives in a fresh directory.
-    fn state(tag: &str) -> (SpaState, SpaKeys) {
-        use crate::config::model::{Proto, Step};
-        let keys = SpaKeys::new(b"passphrase".to_vec(), b"hmac key".to_vec()).unwrap();
-        let policy = SpaPolicy {
-            max_age: Duration::from_secs(120),
-            require_source_address: true,
-            users: None,
-            ports: vec![Step { port: 22, proto: Proto::Tcp }],
-            duration: Duration::from_secs(30),
-        };
-        let door = SpaDoor { name: Arc::from("ssh"), keys: keys.clone(), policy };
+    fn state(tag: &str) -> SpaState {
+        let door = SpaDoor { name: Arc::from("ssh"), keys: keys(), policy: ssh_policy() };
         let dir = std::env::temp_dir().join(format!("xknock-screen-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut st = SpaState::new(false);
         st.cache = Some(ReplayCache::open(&dir, unix_now()).unwrap());
         st.doors.insert(62201, vec![door]);
-        (st, keys)
-    }
-
-    fn packet(keys: &SpaKeys, src: &str) -> Vec<u8> {
-        use crate::spa::{encode, random_digits, random_salt, MessageType};
-        let msg = SpaMessage {
-            rand: random_digits().unwrap(),
-            user: "alice".into(),
-            timestamp: u32::try_from(unix_now()).unwrap(),
-            version: "3.0.0".into(),
-            kind: MessageType::Access,
-            allow_ip: src.parse().unwrap(),
-            access: vec!["tcp/22".parse().unwrap()],
-            client_timeout: None,
-        };
-        encode(keys, &msg, &random_salt().unwrap()).unwrap().into_bytes()
+        st
     }
 
     #[test]
     fn a_real_packet_in_a_junk_batch_is_accepted_once_and_junk_is_logged_once() {
-        let (mut st, keys) = state("batch");
+        let mut st = state("batch");
         let junk: Vec<u8> = (0..200).map(|i| b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef"[i % 32]).collect();
-        let real = packet(&keys, "10.0.0.2");
+        let salt = crate::spa::random_salt().unwrap();
+        let real =
+            crate::spa::encode(&keys(), &ssh_access("10.0.0.2", unix_now()), &salt).unwrap().into_bytes();
         let mut batch: Vec<SpaDatagram> =
             (0..300).map(|i| datagram(&format!("10.9.{}.{}", i / 250, i % 250), &junk)).collect();
         batch.insert(150, datagram("10.0.0.2", &real));
@@ -405,7 +384,7 @@ mod tests {
 
     #[test]
     fn junk_is_rejected_by_the_hmac_at_a_measured_rate() {
-        let keys = SpaKeys::new(b"passphrase".to_vec(), b"hmac key".to_vec()).unwrap();
+        let keys = keys();
         let junk: Vec<u8> = (0..300).map(|i| b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef"[i % 32]).collect();
         let start = std::time::Instant::now();
         let n = 20_000;

@@ -32,6 +32,8 @@ mod b64;
 pub mod codec;
 mod crypto;
 pub mod error;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod keys;
 pub mod message;
 pub mod plaintext;

@@ -67,36 +67,17 @@ pub fn receive(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::{
-        config::model::{Proto, Step},
-        spa::{codec::encode, message::MessageType},
+    use crate::spa::{
+        codec::encode,
+        fixtures::{keys, ssh_access, ssh_policy},
     };
 
     const NOW: u64 = 1_800_000_000;
 
     #[test]
     fn accepts_once_then_refuses_the_replay_even_after_a_restart() {
-        let keys = SpaKeys::new(b"passphrase".to_vec(), b"hmac key".to_vec()).unwrap();
-        let policy = SpaPolicy {
-            max_age: Duration::from_secs(120),
-            require_source_address: true,
-            users: None,
-            ports: vec![Step { port: 22, proto: Proto::Tcp }],
-            duration: Duration::from_secs(30),
-        };
-        let msg = SpaMessage {
-            rand: "0000000000000001".into(),
-            user: "alice".into(),
-            timestamp: NOW as u32,
-            version: "3.0.0".into(),
-            kind: MessageType::Access,
-            allow_ip: "10.0.0.2".parse().unwrap(),
-            access: vec!["tcp/22".parse().unwrap()],
-            client_timeout: None,
-        };
+        let (keys, policy, msg) = (keys(), ssh_policy(), ssh_access("10.0.0.2", NOW));
         let wire = encode(&keys, &msg, &[7; 8]).unwrap();
         let dir = std::env::temp_dir().join(format!("xknock-receive-{}", std::process::id()));
         let src: IpAddr = "10.0.0.2".parse().unwrap();
