@@ -141,4 +141,15 @@ impl Server {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.daemon.child.pid() as i32, sig) };
     }
+
+    /// The value of `key=` in a fresh stats line (SIGUSR1).
+    pub fn stat(&mut self, key: &str) -> u64 {
+        let before = self.daemon.count("stats: ");
+        self.signal(libc::SIGUSR1);
+        self.daemon.wait_for_n("stats: ", before + 1, Duration::from_secs(10)).unwrap();
+        let out = self.daemon.output();
+        let line = out.iter().rev().find(|l| l.contains("stats: ")).unwrap();
+        let field = line.split(' ').find_map(|f| f.strip_prefix(&format!("{key}=")));
+        field.unwrap_or_else(|| panic!("no {key}= in {line}")).parse().unwrap()
+    }
 }

@@ -82,17 +82,6 @@ fn flood(link: Link, macs: ([u8; 6], [u8; 6]), sent: Arc<AtomicU64>) {
     }
 }
 
-/// The value of `key=` in the daemon's last stats line (SIGUSR1).
-fn stat(srv: &mut Server, key: &str) -> u64 {
-    let before = srv.daemon.count("stats: ");
-    srv.signal(libc::SIGUSR1);
-    srv.daemon.wait_for_n("stats: ", before + 1, WAIT).unwrap();
-    let out = srv.daemon.output();
-    let line = out.iter().rev().find(|l| l.contains("stats: ")).unwrap();
-    let field = line.split(' ').find_map(|f| f.strip_prefix(&format!("{key}="))).unwrap();
-    field.parse().unwrap()
-}
-
 #[test]
 fn real_knocks_open_during_a_spoofed_first_step_flood() {
     if !privileged("first_step_flood_e2e") {
@@ -120,8 +109,8 @@ fn real_knocks_open_during_a_spoofed_first_step_flood() {
     assert_eq!(during, SEQUENCES, "the flood ended early ({sent} frames)");
     // Nothing from the flood reached the log or the ring.
     assert_eq!(srv.daemon.count("main: Stage 1"), SEQUENCES, "{:#?}", srv.daemon.output());
-    assert_eq!(stat(&mut srv, "ringbuf_full"), 0);
-    assert!(stat(&mut srv, "first_step") >= sent / 2, "{sent} frames sent");
+    assert_eq!(srv.stat("ringbuf_full"), 0);
+    assert!(srv.stat("first_step") >= sent / 2, "{sent} frames sent");
 }
 
 /// Ports 7000 to 7400 from one address, in order: they run through the

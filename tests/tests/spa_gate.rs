@@ -1,18 +1,21 @@
 //! Debian's `fwknop` client opens an xknockd door on every backend: closed
 //! before, open to the client after (and to no one else), closed after
 //! `duration`; replays (also after a restart), wrong keys, tampering, old
-//! packets and a wrong allow-IP are refused, each with its log line.
+//! packets and a wrong allow-IP are refused, each with its log line. A
+//! burst of spoofed junk ahead of a real packet costs it nothing.
 
 use std::{
-    net::{SocketAddr, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
     path::Path,
     process::Output,
     time::{Duration, Instant},
 };
 
 use xknock_tests::{
+    frames::{Eth, V4Header, UDP},
     gate::{Rig, Unstarted, PORT, WAIT},
     netns::{in_netns, CLIENT2_V4, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6},
+    rawsock::Link,
 };
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -22,6 +25,9 @@ const OTHER_HMAC: &str =
     "Pz49PDs6OTg3NjU0MzIxMC8uLSwrKikoJyYlJCMiISAfHh0cGxoZGBcWFRQTEhEQDw4NDAsKCQgHBgUEAwIBAA==";
 const SPA_PORT: u16 = 62201;
 const DURATION: u64 = 3;
+/// Spoofed junk datagrams in one burst: ten times what the SPA ring held
+/// before it grew (1150 records), within what it holds now (18 K).
+const JUNK: u32 = 12_000;
 
 /// The rig's config plus an `spa` block on its door (the door is the last
 /// block, so appending puts the keys inside it).
@@ -79,6 +85,32 @@ fn send_raw(rig: &Rig, src: &str, server: &str, payload: Vec<u8>) {
     in_netns(&rig.pair().client, move || UdpSocket::bind(from)?.send_to(&payload, to).map(|_| ()))
         .unwrap()
         .unwrap();
+}
+
+/// `JUNK` datagrams of 200 base64 chars to the SPA port, each from its own
+/// spoofed source in 11.0.0.0/8, as fast as AF_PACKET takes them (a full
+/// queue is retried, so each one is sent).
+fn junk_burst(rig: &Rig, server: Ipv4Addr) {
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let p = rig.pair();
+    let link = Link::open(&p.client, &p.client_if).unwrap();
+    let eth = Eth {
+        src: p.mac(&p.client, &p.client_if).unwrap(),
+        dst: p.mac(&p.server, &p.server_if).unwrap(),
+        vlans: &[],
+    };
+    let payload: Vec<u8> = (0..200).map(|i| B64[i * 7 % 64]).collect();
+    // A zero UDP checksum means "none" over IPv4.
+    let udp =
+        [&40000u16.to_be_bytes()[..], &SPA_PORT.to_be_bytes(), &208u16.to_be_bytes(), &[0, 0], &payload]
+            .concat();
+    for i in 0..JUNK {
+        let src = Ipv4Addr::from(0x0b00_0000 | i);
+        let frame = [eth.header(0x0800), V4Header::new(src, server, UDP).packet(&udp)].concat();
+        while link.send(&frame).is_err() {
+            std::thread::yield_now();
+        }
+    }
 }
 
 /// Waits for one more `needle` line than there were before `act`.
@@ -177,6 +209,24 @@ fn fwknop_opens_iptables() {
 #[test]
 fn fwknop_opens_xdp() {
     interop("spa_xdp", "xdp");
+}
+
+/// The junk is ahead of the real packet in the ring; the screener judges
+/// all of it, loses none, and the real packet still opens the door.
+#[test]
+fn fwknop_opens_behind_a_burst_of_spoofed_junk() {
+    let Some(mut rig) = rig("spa_junk", "nftables", true) else { return };
+    let (server, client) = (SERVER_V4, CLIENT_V4);
+    let accepted = format!("{client}: ssh: SPA accepted (user alice, tcp/{PORT})");
+    expect_line(&mut rig, &accepted, |r| {
+        junk_burst(r, server.parse().unwrap());
+        fwknop(r, server, HMAC, &["-a", client]);
+    });
+    assert!(rig.connects(Some(client), server), "open to the client");
+    let captured = rig.srv.stat("spa_captured");
+    assert_eq!(rig.srv.stat("spa_ring_full"), 0, "no datagram lost to a full ring");
+    assert!(captured > u64::from(JUNK), "{captured} captured: the burst did not arrive");
+    assert_eq!(rig.srv.stat("spa_refused[bad_HMAC]"), captured - 1, "every junk datagram was judged");
 }
 
 #[test]
