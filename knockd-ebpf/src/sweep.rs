@@ -149,9 +149,12 @@ fn count(ev: &mut KnockEvent, cfg: &KernelConfig, now: u32) {
     if (slot.count as u32) <= cfg.sweep_limit {
         return;
     }
-    // Every first step so far is dropped; a new one starts afresh.
+    // Every first step so far is dropped; a new one starts afresh. Nothing
+    // is in progress any more, so the sweep's next frames count for nothing
+    // (and the source is dropped once, not once per `sweep_limit` frames).
     bump(counter::SWEEP_DROPPED);
     slot.cut = now;
+    slot.until = now;
     slot.count = 0;
     slot.reported = 0;
     let key = active_key(ev);

@@ -219,6 +219,12 @@ fn the_sweep_guard_counts_new_connections_and_drops_the_attempt() {
     let slot = rig.knocker.sweep_slot(src).unwrap().unwrap();
     assert_eq!((slot.count, rig.counters().sweep_dropped), (0, 1));
     assert_ne!(slot.cut, 0);
+    // The rest of the sweep finds nothing in progress: not counted, not
+    // dropped again.
+    for port in [25, 26, 27] {
+        rig.from(REMOTE, &syn(port));
+    }
+    assert_eq!((rig.counters().sweep_counted, rig.counters().sweep_dropped), (3, 1));
     let evs = rig.from(REMOTE, &L4::udp(8000));
     assert_eq!(evs.len(), 1, "reported once, at the second step: {evs:?}");
     assert_eq!(evs[0].kind, RecordKind::Sweep { door: Some(0), count: 3 });
@@ -251,6 +257,7 @@ fn a_source_past_its_second_step_is_swept_with_one_record() {
     assert_eq!(evs.len(), 1, "{evs:?}");
     assert_eq!(evs[0].kind, RecordKind::Sweep { door: None, count: 3 });
     assert!(!rig.knocker.is_active(src).unwrap(), "the kernel let it go");
+    assert_eq!(rig.counters().sweep_dropped, 1, "dropped once, though the sweep went on");
     assert_eq!(rig.from(REMOTE, &syn(9000)), vec![], "its third step is no longer reported");
 }
 
