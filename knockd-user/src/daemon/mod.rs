@@ -76,6 +76,8 @@ pub struct Daemon {
     gates: worker::GateWorker,
     limiter: ratelimit::OpenLimiter,
     spa: spa_screen::SharedSpa,
+    /// The SPA configuration the loop is on; see `SpaState::configure`.
+    spa_generation: u64,
     dynamic: dynamic::DynamicDoors,
     ops: ops::Ops,
 }
@@ -100,7 +102,7 @@ impl Daemon {
         apply_kernel_steps(&mut knocker, &cfg)?;
         knocker.set_knock_ports(&kernel_ports(&cfg))?;
         let mut spa = spa_screen::SpaState::new(opts.only_ipv4);
-        spa.configure(&cfg, &mut knocker)?;
+        let spa_generation = spa.configure(&cfg, &mut knocker)?;
         let spa = spa_screen::SharedSpa::new(spa);
         // Gates close their ports before the program sees a packet.
         let mut gates = gates::Gates::default();
@@ -129,6 +131,7 @@ impl Daemon {
             gates,
             limiter,
             spa,
+            spa_generation,
             dynamic,
             ops,
         })
@@ -178,7 +181,12 @@ impl Daemon {
                         tokio::time::sleep(BUSY_PAUSE).await;
                     }
                 }
-                Some(v) = spa_verdicts.recv() => self.handle_screened(v).await,
+                v = spa_verdicts.recv() => {
+                    // Fail closed, and loudly: without its thread no SPA
+                    // packet would ever be judged again.
+                    let v = v.context("the SPA thread stopped")?;
+                    self.handle_screened(v).await;
+                }
                 () = deadline => self.purge(&mut events, &mut batch).await?,
                 () = roll => self.roll_periods().await,
                 _ = tick.tick() => self.on_tick(),

@@ -67,8 +67,10 @@ impl Daemon {
             }
             return;
         }
-        if let Err(e) = self.spa.lock().configure(&new, &mut self.knocker) {
-            log::error!("updating SPA doors: {e:#}");
+        let configured = self.spa.lock().configure(&new, &mut self.knocker);
+        match configured {
+            Ok(generation) => self.spa_generation = generation,
+            Err(e) => log::error!("updating SPA doors: {e:#}"),
         }
         if new.options.interfaces != self.cfg.options.interfaces && !new.options.interfaces.is_empty() {
             log::warn!("interface changes take effect on restart");

@@ -17,7 +17,15 @@ impl Daemon {
     /// Acts on one verdict of the screener.
     pub(super) async fn handle_screened(&mut self, v: Screened) {
         match v {
-            Screened::Accepted { door, msg, grant } => self.spa_open(&door, &msg, grant).await,
+            Screened::Accepted { door, msg, grant, generation } if generation == self.spa_generation => {
+                self.spa_open(&door, &msg, grant).await;
+            }
+            Screened::Accepted { door, grant, .. } => {
+                self.spa.lock().count_refused("judged before a reload");
+                let who = self.who(grant.ip.to_canonical());
+                self.log
+                    .line(&format!("{who}: {door}: SPA refused: judged before a reload (send a new packet)"));
+            }
             Screened::Refused { src, port, door, reason, detail } => {
                 let place = door.map_or_else(|| format!("SPA port {port}"), |n| n.to_string());
                 let detail = if detail.is_empty() || detail == reason {

@@ -44,24 +44,13 @@ const QUEUE: usize = 256;
 /// What the loop hears from the screener.
 #[derive(Debug)]
 pub enum Screened {
-    Accepted {
-        door: Arc<str>,
-        msg: SpaMessage,
-        grant: Grant,
-    },
+    /// `generation`: the configuration it was judged under (see
+    /// [`SpaState::configure`]).
+    Accepted { door: Arc<str>, msg: SpaMessage, grant: Grant, generation: u64 },
     /// The first refusal of its reason in a second, to log.
-    Refused {
-        src: IpAddr,
-        port: u16,
-        door: Option<Arc<str>>,
-        reason: &'static str,
-        detail: String,
-    },
+    Refused { src: IpAddr, port: u16, door: Option<Arc<str>>, reason: &'static str, detail: String },
     /// Refusals of `reason` not logged in the second that ended.
-    Suppressed {
-        reason: &'static str,
-        n: u64,
-    },
+    Suppressed { reason: &'static str, n: u64 },
 }
 
 /// Counts for the stats line (and the metrics work).
@@ -123,6 +112,8 @@ pub struct SpaState {
     cache: Option<ReplayCache>,
     state_dir: Option<PathBuf>,
     only_ipv4: bool,
+    /// Bumped by every `configure`.
+    generation: u64,
     stats: SpaStats,
     log: RefusalLog,
 }
@@ -141,7 +132,10 @@ impl SpaState {
     /// Takes `cfg`'s SPA doors: the kernel captures their ports, and the
     /// replay cache is opened under `state_dir`. Without it no packet can
     /// be told from a replay, so an error here is an error at start.
-    pub fn configure(&mut self, cfg: &Config, knocker: &mut XdpKnocker) -> Result<()> {
+    /// Returns the new generation: a packet accepted under an older one and
+    /// still queued for the loop was judged by keys and a policy that are
+    /// gone, so the loop does not open it.
+    pub fn configure(&mut self, cfg: &Config, knocker: &mut XdpKnocker) -> Result<u64> {
         let mut doors: BTreeMap<u16, Vec<SpaDoor>> = BTreeMap::new();
         for d in &cfg.doors {
             let Some(spa) = &d.spa else { continue };
@@ -159,7 +153,8 @@ impl SpaState {
         knocker.set_spa_ports(&self.ports, &ports).context("updating the SPA port map")?;
         self.ports = ports;
         self.doors = doors;
-        Ok(())
+        self.generation += 1;
+        Ok(self.generation)
     }
 
     /// ` spa_accepted=N spa_refused[reason]=M ...` for the stats line.
@@ -189,7 +184,7 @@ impl SpaState {
                 Verdict::Accepted { door, msg, grant } => {
                     self.stats.accepted += 1;
                     *counts.entry("accepted").or_default() += 1;
-                    out.push(Screened::Accepted { door, msg, grant });
+                    out.push(Screened::Accepted { door, msg, grant, generation: self.generation });
                 }
                 Verdict::Refused { door, reason, detail } => {
                     *self.stats.refused.entry(reason).or_default() += 1;
@@ -259,31 +254,30 @@ impl SharedSpa {
     }
 
     /// Drains the ring in batches, then sleeps until it has data again.
-    /// Ends when the loop drops its receiver.
+    /// After every batch the refusals held back in a second that has ended
+    /// are reported, so a flood that never lets the ring empty is still
+    /// summarised each second. Ends when the loop drops its receiver.
     fn run(&self, mut ring: RingBuf<MapData>, tx: &mpsc::Sender<Screened>) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut out = Vec::new();
-        while !tx.is_closed() {
-            loop {
-                batch.clear();
-                while batch.len() < BATCH {
-                    let Some(item) = ring.next() else { break };
-                    batch.extend(decode(&item));
-                }
-                if batch.is_empty() {
-                    break;
-                }
-                self.lock().screen(&batch, &mut out);
-                if !send_all(tx, &mut out) {
-                    return;
-                }
+        loop {
+            batch.clear();
+            while batch.len() < BATCH {
+                let Some(item) = ring.next() else { break };
+                batch.extend(decode(&item));
             }
-            let held = self.lock().log.flush(monotonic_now());
-            out.extend(held.into_iter().map(|(reason, n)| Screened::Suppressed { reason, n }));
-            if !send_all(tx, &mut out) {
+            {
+                let mut state = self.lock();
+                state.screen(&batch, &mut out);
+                let held = state.log.flush(monotonic_now());
+                out.extend(held.into_iter().map(|(reason, n)| Screened::Suppressed { reason, n }));
+            }
+            if !send_all(tx, &mut out) || tx.is_closed() {
                 return;
             }
-            wait_readable(&ring, IDLE);
+            if batch.len() < BATCH {
+                wait_readable(&ring, IDLE);
+            }
         }
     }
 }

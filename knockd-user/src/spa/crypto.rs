@@ -72,13 +72,6 @@ pub fn decrypt(ct_b64: &str, pass: &[u8]) -> Result<Vec<u8>, DecodeError> {
     Ok(pt)
 }
 
-/// b64 HMAC-SHA256 of the prefixed ciphertext string.
-pub fn hmac_b64(key: &[u8], ct_b64: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(ct_b64.as_bytes());
-    b64::encode(&mac.finalize().into_bytes())
-}
-
 /// An HMAC-SHA256 keyed once. A clone per packet costs the packet's own
 /// blocks and not the key's two, which is most of what junk costs us.
 #[derive(Clone)]
@@ -89,15 +82,25 @@ impl MacKey {
         Self(Hmac::new_from_slice(key).expect("HMAC takes any key length"))
     }
 
-    /// Whether `mac` is the b64 HMAC of `SALTED_PREFIX ‖ body`, compared as
-    /// strings in constant time, as `fko_verify_hmac` does. Nothing is
-    /// allocated, and the prefix is hashed rather than prepended.
-    pub fn verify(&self, body: &str, mac: &str) -> Result<(), DecodeError> {
+    /// The HMAC of the b64 ciphertext `SALTED_PREFIX ‖ body`; the prefix is
+    /// hashed rather than prepended, so nothing is allocated.
+    fn tag(&self, body: &str) -> [u8; 32] {
         let mut m = self.0.clone();
         m.update(SALTED_PREFIX.as_bytes());
         m.update(body.as_bytes());
+        m.finalize().into_bytes().into()
+    }
+
+    /// The b64 tag fwknop appends to `body`.
+    pub fn sign(&self, body: &str) -> String {
+        b64::encode(&self.tag(body))
+    }
+
+    /// Whether `mac` is `body`'s b64 tag, compared as strings in constant
+    /// time, as `fko_verify_hmac` does.
+    pub fn verify(&self, body: &str, mac: &str) -> Result<(), DecodeError> {
         let mut want = [0u8; HMAC_B64_LEN + 1];
-        let n = b64::encode_into(&m.finalize().into_bytes(), &mut want);
+        let n = b64::encode_into(&self.tag(body), &mut want);
         if bool::from(want[..n].ct_eq(mac.as_bytes())) {
             Ok(())
         } else {
@@ -141,7 +144,7 @@ mod tests {
 
     #[test]
     fn hmac_compares_strings() {
-        let mac = hmac_b64(b"k", "U2FsdGVkX1abc");
+        let mac = MacKey::new(b"k").sign("abc");
         assert_eq!(mac.len(), HMAC_B64_LEN);
         assert!(MacKey::new(b"k").verify("abc", &mac).is_ok());
         assert_eq!(MacKey::new(b"k2").verify("abc", &mac), Err(DecodeError::BadHmac));

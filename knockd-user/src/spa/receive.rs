@@ -2,8 +2,11 @@
 //! packet, decryption and parsing, recording, then the door's policy.
 //!
 //! fwknopd looks the replay cache up before the HMAC. Only authentic packets
-//! are ever recorded, so the outcome is the same either way; HMAC first
-//! spares junk a second SHA-256 and the cache lookup.
+//! are ever recorded, so every packet is refused or accepted as fwknopd
+//! would; HMAC first spares junk a second SHA-256 and the cache lookup.
+//! Two refusals get another reason or door: a replay made under a key since
+//! rotated is refused as a bad HMAC, and with several doors on one port a
+//! replay is charged to the door whose key matches, not to the first.
 
 use std::net::IpAddr;
 
