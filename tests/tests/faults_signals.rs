@@ -66,15 +66,21 @@ fn usage(pid: u32) -> Usage {
 
 /// Processes whose parent is `pid`, zombies included.
 fn children(pid: u32) -> usize {
-    let ppid_of = |stat: String| -> Option<u32> {
+    child_stats(pid).len()
+}
+
+/// The `stat` lines (pid, name, state, ...) of `pid`'s children, to say
+/// which child was left when a count is off.
+fn child_stats(pid: u32) -> Vec<String> {
+    let ppid_of = |stat: &str| -> Option<u32> {
         // The fields after the parenthesised name: state, ppid, ...
         stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
     };
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
-        .filter(|stat| ppid_of(stat.clone()) == Some(pid))
-        .count()
+        .filter(|stat| ppid_of(stat) == Some(pid))
+        .collect()
 }
 
 /// Knocks once and waits for the open it must cause.
@@ -110,7 +116,7 @@ fn a_sighup_storm_loses_no_knock_and_leaks_nothing() {
     }
     f.daemon.wait_for_n("re-reading config file", 5, WAIT).unwrap();
     let base = settled(&f, Usage { fds: usize::MAX, rss_kib: 0, children: 0 });
-    assert_eq!(base.children, 0, "children left after warm-up");
+    assert_eq!(base.children, 0, "children left after warm-up: {:?}", child_stats(pid));
 
     let stop = Arc::new(AtomicBool::new(false));
     let storm = {
@@ -142,7 +148,7 @@ fn a_sighup_storm_loses_no_knock_and_leaks_nothing() {
     assert!(f.connects(None, PORT) && !f.connects(Some(CLIENT2_V4), PORT), "the gate is not as it should be");
 
     let after = settled(&f, base);
-    assert_eq!(after.children, base.children, "children left: {base:?} -> {after:?}");
+    assert_eq!(after.children, base.children, "children left: {base:?} -> {after:?}: {:?}", child_stats(pid));
     assert!(after.fds <= base.fds, "fds grew: {base:?} -> {after:?}");
     assert!(after.rss_kib <= base.rss_kib + RSS_SLACK_KIB, "RSS grew: {base:?} -> {after:?}");
     eprintln!("{opened} knocks, {reloads} reloads: {base:?} -> {after:?}");
