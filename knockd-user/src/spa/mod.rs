@@ -32,14 +32,14 @@ mod b64;
 pub mod codec;
 mod crypto;
 pub mod error;
-#[cfg(test)]
-pub(crate) mod fixtures;
 pub mod keys;
 pub mod message;
 pub mod plaintext;
 pub mod policy;
 pub mod receive;
 pub mod replay;
+#[cfg(test)]
+pub(crate) mod test_door;
 
 pub use codec::{decode, encode, random_digits, random_salt, replay_digest, seal, DEFAULT_PORT};
 pub use error::{DecodeError, EncodeError, KeyError, Refusal, ReplayError};

@@ -73,7 +73,7 @@ mod tests {
     use super::*;
     use crate::spa::{
         codec::encode,
-        fixtures::{keys, ssh_access, ssh_policy},
+        test_door::{keys, ssh_access, ssh_policy},
     };
 
     const NOW: u64 = 1_800_000_000;

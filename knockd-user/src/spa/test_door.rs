@@ -1,5 +1,5 @@
-//! What the receive-side tests share: one door's keys, its policy (22/tcp
-//! for 30 s), and an access message to it.
+//! The receive-side tests' door: its keys, its policy (22/tcp for 30 s),
+//! and an access message to it.
 
 use std::time::Duration;
 
