@@ -304,7 +304,7 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spa::fixtures::{keys, ssh_access, ssh_policy};
+    use crate::spa::test_door::{keys, ssh_access, ssh_policy};
 
     const S: Duration = Duration::from_secs(1);
 
