@@ -9,6 +9,7 @@ pub mod gate;
 pub mod model;
 pub mod netns;
 pub mod rawsock;
+pub mod spa;
 
 /// Whether privileged tests may run. Without root they skip, loudly; but
 /// `cargo xtask test` sets XKNOCK_REQUIRE_PRIV=1 as root, and then a missing

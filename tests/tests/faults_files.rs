@@ -1,9 +1,10 @@
-//! Broken disks (issue 12, item 4): the one-time sequences file and the log
-//! file on a small tmpfs of the test's own that is full or read-only, and a
-//! log file deleted under the daemon. (A log file cannot turn read-only
+//! Broken disks (issue 12, item 4): the one-time sequences file, the SPA
+//! replay cache and the log file on a small tmpfs of the test's own that is
+//! full or read-only, and a log file deleted under the daemon. (A log file cannot turn read-only
 //! under the daemon: the kernel refuses to remount a filesystem read-only
 //! while a file on it is open for writing.) A burn that cannot be written keeps
-//! the door shut (fail closed) and is logged; a log that cannot be written
+//! the door shut (fail closed) and is logged, and so does an SPA packet
+//! whose digest cannot be stored; a log that cannot be written
 //! is reported on stderr while the daemon keeps serving.
 
 #[path = "support/faults.rs"]
@@ -11,9 +12,11 @@ mod faults;
 
 use faults::{Faulty, Tmpfs, WAIT};
 use xknock_tests::{
-    daemon::TempDir,
-    netns::{CLIENT2_V4, CLIENT_V4},
-    privileged, wait_until,
+    daemon::{bin, TempDir},
+    netns::{CLIENT2_V4, CLIENT_V4, SERVER_V4},
+    privileged,
+    spa::{HMAC, KEY},
+    wait_until,
 };
 
 const PORT: u16 = 2222;
@@ -151,4 +154,70 @@ fn a_deleted_log_file_is_reported_and_created_again() {
     let _f = broken_log(&log, rm, "was deleted; created it again");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains(&format!("{CLIENT_V4}: gate: OPEN SESAME")), "{text}");
+}
+
+const SPA: &str = r#"
+options:
+  state_dir: {DIR}/fs/state
+doors:
+  ssh:
+    spa:
+      port: 62201
+      key_base64: "{KEY}"
+      hmac_key_base64: "{HMAC}"
+    open:
+      ports: ["2222/tcp"]
+      duration: 60
+      backend: nftables
+"#;
+
+/// A fresh `xknock --spa` packet from the client for 2222/tcp.
+fn spa_knock(f: &Faulty) {
+    let mut cmd = f.pair.client_cmd(bin("xknock").to_str().unwrap());
+    cmd.args(["--spa", "--key-base64-rijndael", KEY, "--key-base64-hmac", HMAC, "-A", "tcp/2222"]);
+    let out = cmd.args(["-a", CLIENT_V4, SERVER_V4]).output().unwrap();
+    assert!(out.status.success(), "xknock --spa: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// An authentic packet whose digest cannot be stored would be replayable
+/// after a restart, so it opens nothing; once the disk is writable again a
+/// fresh packet opens as usual.
+#[test]
+fn an_spa_replay_cache_that_cannot_be_written_keeps_the_door_shut() {
+    if !privileged("an_spa_replay_cache_that_cannot_be_written_keeps_the_door_shut") {
+        return;
+    }
+    let dir = TempDir::new();
+    let fs = Tmpfs::new(dir.path("fs"), 64);
+    let config = SPA.replace("{KEY}", KEY).replace("{HMAC}", HMAC).replace("{DIR}", dir.0.to_str().unwrap());
+    let mut f = Faulty::start(&config, &[PORT], &[]);
+    let refused = format!("{CLIENT_V4}: ssh: SPA refused: replay cache unwritable");
+    // Full, then read-only as well: each refused, the door shut.
+    fs.fill(&[]);
+    spa_knock(&f);
+    f.daemon.wait_for_n(&refused, 1, WAIT).unwrap();
+    assert!(!f.connects(None, PORT), "opened although the digest was not stored (full)");
+    fs.remount(true);
+    spa_knock(&f);
+    // Logged, or held back for a second and then summed up.
+    let refusals = |f: &Faulty| {
+        let out = f.daemon.output();
+        let summed = out.iter().filter(|l| l.contains("more refused (replay cache unwritable)"));
+        let held: usize =
+            summed.filter_map(|l| l.split("SPA: ").nth(1)?.split(' ').next()?.parse::<usize>().ok()).sum();
+        f.daemon.count(&refused) + held
+    };
+    assert!(wait_until(WAIT, || refusals(&f) == 2), "{:?}", f.daemon.output());
+    // The full disk's half-written copy was removed, so a logged read-only
+    // refusal names the real cause.
+    let spa_lines: Vec<String> = f.daemon.output().into_iter().filter(|l| l.contains("SPA")).collect();
+    assert!(!spa_lines.iter().any(|l| l.contains("File exists")), "{spa_lines:#?}");
+    assert!(!f.connects(None, PORT), "opened although the digest was not stored (read-only)");
+    fs.remount(false);
+    std::fs::remove_file(fs.0.join("filler")).unwrap();
+    spa_knock(&f);
+    f.daemon.wait_for(&format!("{CLIENT_V4}: ssh: SPA accepted"), WAIT).unwrap();
+    assert!(wait_until(WAIT, || f.connects(None, PORT)), "a fresh packet did not open");
+    assert!(!f.connects(Some(CLIENT2_V4), PORT), "the door opened for everyone");
+    f.assert_alive();
 }

@@ -16,10 +16,9 @@ use xknock_tests::{
     gate::{Rig, Unstarted, PORT, WAIT},
     netns::{in_netns, CLIENT2_V4, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6},
     rawsock::Link,
+    spa::{HMAC, KEY},
 };
 
-const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-const HMAC: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+Pw==";
 /// Another 64-byte HMAC key, as `fwknop --key-gen` would print.
 const OTHER_HMAC: &str =
     "Pz49PDs6OTg3NjU0MzIxMC8uLSwrKikoJyYlJCMiISAfHh0cGxoZGBcWFRQTEhEQDw4NDAsKCQgHBgUEAwIBAA==";

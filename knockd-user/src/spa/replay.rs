@@ -106,8 +106,13 @@ impl ReplayCache {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)
             .map_err(io_err)?;
-        file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(io_err)?;
-        fs::rename(&tmp, &self.path).map_err(io_err)?;
+        let written = file.write_all(text.as_bytes()).and_then(|()| file.sync_all());
+        if let Err(e) = written.and_then(|()| fs::rename(&tmp, &self.path)) {
+            // A half-written copy must not hold the space a full disk needs
+            // back, nor turn the next error into "File exists".
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(e));
+        }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         File::open(dir).and_then(|d| d.sync_all()).map_err(io_err)
     }

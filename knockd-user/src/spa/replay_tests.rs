@@ -85,3 +85,17 @@ fn bad_files_are_refused() {
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
     assert!(ReplayCache::open(&dir.0, NOW).unwrap().contains("good", NOW));
 }
+
+#[test]
+fn a_failed_write_leaves_no_half_written_copy() {
+    let dir = Dir::new("failed");
+    let mut c = ReplayCache::open(&dir.0, NOW).unwrap();
+    // A directory where the cache goes: the copy is written, the rename fails.
+    fs::create_dir(c.path()).unwrap();
+    assert!(c.record("d1", NOW + 10, NOW).is_err(), "refused: not stored");
+    assert!(c.contains("d1", NOW), "and refused again while the daemon runs");
+    assert!(!c.path().with_extension("tmp").exists(), "the half-written copy is gone");
+    fs::remove_dir(c.path()).unwrap();
+    c.record("d2", NOW + 10, NOW).unwrap();
+    assert!(ReplayCache::open(&dir.0, NOW).unwrap().contains("d1", NOW), "stored with the next write");
+}
