@@ -2,7 +2,8 @@
 //! before, open to the client after (and to no one else), closed after
 //! `duration`; replays (also after a restart), wrong keys, tampering, old
 //! packets and a wrong allow-IP are refused, each with its log line. A
-//! burst of spoofed junk ahead of a real packet costs it nothing.
+//! burst of spoofed junk ahead of a real packet costs it nothing, and keys
+//! change by SIGHUP in every direction.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
@@ -13,7 +14,7 @@ use std::{
 
 use xknock_tests::{
     frames::{Eth, V4Header, UDP},
-    gate::{Rig, Unstarted, PORT, WAIT},
+    gate::{Rig, Unstarted, FILE, PORT, WAIT},
     netns::{in_netns, CLIENT2_V4, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6},
     rawsock::Link,
     spa::{HMAC, KEY},
@@ -226,6 +227,65 @@ fn fwknop_opens_behind_a_burst_of_spoofed_junk() {
     assert_eq!(rig.srv.stat("spa_ring_full"), 0, "no datagram lost to a full ring");
     assert!(captured > u64::from(JUNK), "{captured} captured: the burst did not arrive");
     assert_eq!(rig.srv.stat("spa_refused[bad_HMAC]"), captured - 1, "every junk datagram was judged");
+}
+
+/// Rewrites the config with `edit` and sends SIGHUP; returns once the loop
+/// has logged `done` for this reload.
+fn reload(rig: &mut Rig, edit: impl FnOnce(String) -> String, done: &str) {
+    let path = rig.srv.config_path(FILE);
+    std::fs::write(&path, edit(std::fs::read_to_string(&path).unwrap())).unwrap();
+    let before = rig.srv.daemon.count(done);
+    rig.srv.signal(libc::SIGHUP);
+    rig.srv.daemon.wait_for_n(done, before + 1, WAIT).unwrap();
+}
+
+/// Rewrites and reloads, then waits until the loop has applied it: the
+/// status query is served only after the reload it queued behind.
+fn reload_applied(rig: &mut Rig, edit: impl FnOnce(String) -> String) {
+    reload(rig, edit, "re-reading config file");
+    rig.admin("--status");
+}
+
+/// A rotated HMAC key refuses the old key's packets at once and takes the
+/// new key's; a broken key keeps the running one; dropping the `spa` block
+/// stops the capture (the door stays protected); restoring it still knows
+/// the packets accepted before.
+#[test]
+fn spa_keys_change_by_sighup_in_every_direction() {
+    let Some(mut rig) = rig("spa_reload", "nftables", true) else { return };
+    let (server, client) = (SERVER_V4, CLIENT_V4);
+    let accepted = format!("{client}: ssh: SPA accepted (user alice, tcp/{PORT})");
+    let bad_hmac = format!("{client}: ssh: SPA refused: bad HMAC");
+    reload_applied(&mut rig, |c| c.replace(HMAC, OTHER_HMAC));
+    expect_line(&mut rig, &bad_hmac, |r| {
+        fwknop(r, server, HMAC, &["-a", client]);
+    });
+    let kept = rig.srv.dir.path("kept");
+    expect_line(&mut rig, &accepted, |r| {
+        fwknop(r, server, OTHER_HMAC, &["-a", client, "-B", kept.to_str().unwrap()]);
+    });
+
+    reload(&mut rig, |c| c.replace(KEY, "not base64!"), "config error, keeping the running config");
+    expect_line(&mut rig, &accepted, |r| {
+        fwknop(r, server, OTHER_HMAC, &["-a", client]);
+    });
+
+    let with_spa = std::fs::read_to_string(rig.srv.config_path(FILE)).unwrap().replace("not base64!", KEY);
+    reload_applied(&mut rig, |c| c[..c.find("    spa:\n").unwrap()].to_string());
+    let captured = rig.srv.stat("spa_captured");
+    fwknop(&rig, server, OTHER_HMAC, &["-a", CLIENT2_V4]);
+    send_raw(&rig, client, server, saved(&kept));
+    assert!(!rig.connects(Some(CLIENT2_V4), server), "the door is still protected");
+    assert_eq!(rig.srv.stat("spa_captured"), captured, "no SPA port is captured any more");
+
+    reload_applied(&mut rig, |_| with_spa);
+    expect_line(&mut rig, &format!("{client}: ssh: SPA refused: replay"), |r| {
+        send_raw(r, client, server, saved(&kept))
+    });
+    expect_line(&mut rig, &accepted, |r| {
+        fwknop(r, server, OTHER_HMAC, &["-a", client]);
+    });
+    assert!(rig.connects(Some(client), server));
 }
 
 #[test]
