@@ -12,6 +12,15 @@
 /// Doors described per knock port, as first steps and as second steps.
 pub const MAX_STEP_DOORS: usize = 4;
 
+/// A door without `target`: its knocks count when sent to one of this
+/// host's own addresses.
+pub const SCOPE_HOST: u8 = 0;
+/// A door with `target`: its knocks count when sent to that address. Its
+/// first step is kept per (source, door, destination), so it pairs only
+/// with a second step to the same address, which the daemon checks is the
+/// target: a first step to any other address starts nothing, as in knockd.
+pub const SCOPE_TARGET: u8 = 1;
+
 /// A door for which a knock port is the first step.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -23,6 +32,9 @@ pub struct FirstOf {
     pub must_clear: u8,
     /// The door's `seq_timeout` in milliseconds.
     pub timeout_ms: u32,
+    /// `SCOPE_HOST` or `SCOPE_TARGET`.
+    pub scope: u8,
+    pub _pad: [u8; 3],
 }
 
 /// A door for which a knock port is the second step.
@@ -39,6 +51,9 @@ pub struct SecondOf {
     /// Flags that satisfy the door's rule for the first step, which the
     /// kernel checked but did not keep.
     pub first_flags: u8,
+    /// As in [`FirstOf`].
+    pub scope: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Value of `STEP_DOORS`, keyed by `port_slot`.
@@ -136,6 +151,13 @@ pub fn key_words(addr: &[u8; 16], family: u8, door: u16) -> [u32; 5] {
     [w(0), w(4), w(8), w(12), (family as u32) << 16 | door as u32]
 }
 
+/// The `FIRST_STEP` seed for a knock to `dst` on a `SCOPE_TARGET` door: the
+/// destination keyed into the seed, so each address has slots of its own.
+#[inline(always)]
+pub fn dst_seed(first_seed: u32, dst: &[u8; 16], family: u8) -> u32 {
+    jhash5(&key_words(dst, family, 0), first_seed)
+}
+
 /// Linux's `jhash2` (Bob Jenkins' lookup3) of five words with `seed` as
 /// the initial value: what the kernel keys its own hash tables with
 /// against hash flooding. Not a cryptographic hash, nor meant to be.
@@ -180,9 +202,9 @@ fn final_mix(a: &mut u32, b: &mut u32, c: &mut u32) {
     *c = (*c ^ *b).wrapping_sub(b.rotate_left(24));
 }
 
-const _: () = assert!(core::mem::size_of::<FirstOf>() == 8);
-const _: () = assert!(core::mem::size_of::<SecondOf>() == 12);
-const _: () = assert!(core::mem::size_of::<StepDoors>() == 84);
+const _: () = assert!(core::mem::size_of::<FirstOf>() == 12);
+const _: () = assert!(core::mem::size_of::<SecondOf>() == 16);
+const _: () = assert!(core::mem::size_of::<StepDoors>() == 116);
 const _: () = assert!(core::mem::size_of::<KernelConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<SweepSlot>() == 16);
 const _: () = assert!(core::mem::size_of::<ActiveKey>() == 20);

@@ -10,8 +10,8 @@ use aya_ebpf::{
     maps::{Array, HashMap},
 };
 use knockd_common::{
-    ahead, counter, jhash5, key_words, ms_of, younger, ActiveKey, FirstOf, KernelConfig, KnockEvent,
-    SecondOf, StepDoors, EVENT_KNOCK, EVENT_PAIR, MAX_STEP_DOORS, PROTO_TCP,
+    ahead, counter, dst_seed, jhash5, key_words, ms_of, younger, ActiveKey, FirstOf, KernelConfig,
+    KnockEvent, SecondOf, StepDoors, EVENT_KNOCK, EVENT_PAIR, MAX_STEP_DOORS, PROTO_TCP, SCOPE_TARGET,
 };
 
 use crate::{bump, emit, sweep};
@@ -60,9 +60,10 @@ pub fn forget_active(key: &ActiveKey) {
 
 /// Decides what a knock on a knock port becomes: nothing (a first step,
 /// kept here; or a step that can change nothing), one pair event, or the
-/// knock itself.
+/// knock itself. `host`: the knock is to one of this host's own addresses
+/// (else to a door's target only).
 #[inline(always)]
-pub fn route(ev: &mut KnockEvent, port: u32) {
+pub fn route(ev: &mut KnockEvent, port: u32, host: bool) {
     // SAFETY: plain data, written by the daemon between packets.
     let (Some(doors), Some(cfg)) = (unsafe { STEP_DOORS.get(port) }, config()) else {
         emit(ev);
@@ -72,14 +73,14 @@ pub fn route(ev: &mut KnockEvent, port: u32) {
     let key = active_key(ev);
     if is_active(&key, now) {
         emit(ev);
-        record_firsts(ev, doors, cfg, now);
+        record_firsts(ev, doors, cfg, now, host);
         return;
     }
     let paired = second_step(ev, doors, cfg, &key, now);
     if !paired && doors.emit != 0 {
         emit(ev);
     }
-    let recorded = record_firsts(ev, doors, cfg, now);
+    let recorded = record_firsts(ev, doors, cfg, now, host);
     if !paired && !recorded {
         sweep::wrong_step(ev, cfg, now);
     }
@@ -93,25 +94,30 @@ fn flags_ok(ev: &KnockEvent, must_set: u8, must_clear: u8) -> bool {
     ev.proto != PROTO_TCP || (ev.tcp_flags & must_set == must_set && ev.tcp_flags & must_clear == 0)
 }
 
+/// The slot of (source, door), and for a `SCOPE_TARGET` door also of the
+/// destination (see `knockd_common::SCOPE_TARGET`).
 #[inline(always)]
-fn first_slot(ev: &KnockEvent, door: u16, cfg: &KernelConfig) -> u32 {
-    jhash5(&key_words(&ev.src, ev.family, door), cfg.first_seed) & cfg.first_mask
+fn first_slot(ev: &KnockEvent, door: u16, scope: u8, cfg: &KernelConfig) -> u32 {
+    let seed =
+        if scope == SCOPE_TARGET { dst_seed(cfg.first_seed, &ev.dst, ev.family) } else { cfg.first_seed };
+    jhash5(&key_words(&ev.src, ev.family, door), seed) & cfg.first_mask
 }
 
 /// Writes the time of this knock for every door it is the first step of;
-/// a repeat restarts the attempt. Returns whether any door took it.
+/// a repeat restarts the attempt. A door without a target takes only knocks
+/// to the host's own addresses. Returns whether any door took it.
 #[inline(always)]
-fn record_firsts(ev: &KnockEvent, doors: &StepDoors, cfg: &KernelConfig, now: u32) -> bool {
+fn record_firsts(ev: &KnockEvent, doors: &StepDoors, cfg: &KernelConfig, now: u32, host: bool) -> bool {
     let mut longest = 0u32;
     for i in 0..MAX_STEP_DOORS {
         if i >= doors.n_first as usize {
             break;
         }
         let f: &FirstOf = &doors.first[i];
-        if !flags_ok(ev, f.must_set, f.must_clear) {
+        if !flags_ok(ev, f.must_set, f.must_clear) || (f.scope != SCOPE_TARGET && !host) {
             continue;
         }
-        if let Some(slot) = FIRST_STEP.get_ptr_mut(first_slot(ev, f.door, cfg)) {
+        if let Some(slot) = FIRST_STEP.get_ptr_mut(first_slot(ev, f.door, f.scope, cfg)) {
             // SAFETY: a u32 in an array slot; a racing writer leaves one time.
             unsafe { *slot = now };
         }
@@ -147,7 +153,7 @@ fn second_step(
         if !flags_ok(ev, s.must_set, s.must_clear) {
             continue;
         }
-        let Some(then) = FIRST_STEP.get(first_slot(ev, s.door, cfg)).copied() else {
+        let Some(then) = FIRST_STEP.get(first_slot(ev, s.door, s.scope, cfg)).copied() else {
             continue;
         };
         if younger(then, now, s.timeout_ms) && best.is_none_or(|(_, t)| ahead(then, t)) {

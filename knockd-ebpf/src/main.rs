@@ -97,10 +97,10 @@ fn knock(ctx: &XdpContext, l4: &L4, rule: &PortRule, slot: u32, dst_port: u16, f
         return None;
     }
     let mut ev = event_addrs(ctx, l4)?;
-    if !is_local(l4, &ev.dst) {
+    let Some(mark) = addr_mark(l4, &ev.dst) else {
         bump(counter::NOT_LOCAL);
         return None;
-    }
+    };
     ev.dst_port = dst_port;
     ev.src_port = read_be16(ctx, l4.l4)?;
     ev.proto = l4.proto;
@@ -110,7 +110,7 @@ fn knock(ctx: &XdpContext, l4: &L4, rule: &PortRule, slot: u32, dst_port: u16, f
     // The coarse clock (one tick) costs a few ns where the precise one
     // costs ~30; sequence timeouts are seconds.
     ev.ts_ns = unsafe { bpf_ktime_get_coarse_ns() };
-    first_step::route(&mut ev, slot);
+    first_step::route(&mut ev, slot, mark & ADDR_LOCAL != 0);
     if rule.flags & PORT_STEALTH != 0 {
         bump(counter::STEALTH_DROP);
         return Some(xdp_action::XDP_DROP);
@@ -157,12 +157,8 @@ pub(crate) fn event_addrs(ctx: &XdpContext, l4: &L4) -> Option<KnockEvent> {
     Some(ev)
 }
 
-/// A local address or a door's target.
-#[inline(always)]
-fn is_local(l4: &L4, dst: &[u8; 16]) -> bool {
-    addr_mark(l4, dst).is_some()
-}
-
+/// `ADDR_LOCAL` and/or `ADDR_TARGET` for one of this host's addresses or a
+/// door's target; `None` for any other.
 #[inline(always)]
 fn addr_mark(l4: &L4, dst: &[u8; 16]) -> Option<u8> {
     // SAFETY (both arms): plain data; a racing update gives old or new.

@@ -2,7 +2,6 @@
 //! BPF_PROG_TEST_RUN: the program is loaded, never attached.
 
 use std::{
-    collections::HashMap,
     net::{IpAddr, Ipv4Addr},
     path::Path,
     time::Duration,
@@ -12,7 +11,7 @@ use aya::{
     maps::{MapData, RingBuf},
     programs::{TestRun, TestRunOptions},
 };
-use knockd_common::{ms_of, ADDR_LOCAL};
+use knockd_common::{ms_of, ADDR_LOCAL, ADDR_TARGET};
 use xknock::{
     bpf::{Counters, Tables, XdpKnocker},
     config::{model::Proto, parse_str, Step},
@@ -37,6 +36,19 @@ const CONFIG: &str = "doors:
     sequence: [6000]
 ";
 
+/// Not one of the host's addresses: door `aimed`'s target.
+const TARGET: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 9);
+/// Door 0 counts knocks to TARGET only, door 1 to the host's own addresses.
+const TARGETED: &str = "doors:
+  aimed:
+    sequence: [7000, 8000]
+    seq_timeout: 5
+    target: 10.1.0.9
+  plain:
+    sequence: [7100, 8100]
+    seq_timeout: 5
+";
+
 struct Rig {
     knocker: XdpKnocker,
     ring: RingBuf<MapData>,
@@ -44,20 +56,28 @@ struct Rig {
 
 impl Rig {
     fn new(first_step_slots: u32) -> Self {
-        let cfg = parse_str(CONFIG, Path::new("t.yaml")).expect("config");
+        Self::with(CONFIG, first_step_slots, &[(LOCAL, ADDR_LOCAL)])
+    }
+
+    fn with(config: &str, first_step_slots: u32, addrs: &[(Ipv4Addr, u8)]) -> Self {
+        let cfg = parse_str(config, Path::new("t.yaml")).expect("config");
         let tables = Tables { first_step_slots, ..Tables::default() };
         let mut knocker = XdpKnocker::load_sized(None, false, tables).expect("load XDP object");
         knocker.set_knock_ports(&kernel_ports(&cfg)).unwrap();
         let steps = kernel_steps(&cfg);
         assert!(steps.undescribed.is_empty());
         knocker.set_step_doors(&steps.ports).unwrap();
-        knocker.set_addrs(&HashMap::from([(IpAddr::V4(LOCAL), ADDR_LOCAL)])).unwrap();
+        knocker.set_addrs(&addrs.iter().map(|&(a, m)| (IpAddr::V4(a), m)).collect()).unwrap();
         let ring = knocker.take_events().unwrap();
         Self { knocker, ring }
     }
 
     fn from(&mut self, src: Ipv4Addr, l4: &L4) -> Vec<KnockRecord> {
-        self.frame(&frames::ipv4(src, LOCAL, l4, &[], 0, 0))
+        self.to(src, LOCAL, l4)
+    }
+
+    fn to(&mut self, src: Ipv4Addr, dst: Ipv4Addr, l4: &L4) -> Vec<KnockRecord> {
+        self.frame(&frames::ipv4(src, dst, l4, &[], 0, 0))
     }
 
     fn frame(&mut self, frame: &[u8]) -> Vec<KnockRecord> {
@@ -301,4 +321,39 @@ fn a_first_step_flood_never_costs_a_knocker_its_pair() {
     assert!(matches!(evs[..], [KnockRecord { kind: RecordKind::Pair { .. }, .. }]), "{evs:?}");
     let c = rig.counters();
     assert_eq!((c.first_step, c.ringbuf_full), (100_001, 0), "{c:?}");
+}
+
+/// knockd counts a door's knocks only when sent to its `target` (or, with
+/// none, to the host's own addresses): a first step sent elsewhere starts
+/// nothing, so the second step to the right address pairs with nothing.
+#[test]
+fn a_first_step_counts_only_to_the_doors_own_destination() {
+    if !privileged("first_step_scope") {
+        return;
+    }
+    let mut rig = Rig::with(TARGETED, 1 << 20, &[(LOCAL, ADDR_LOCAL), (TARGET, ADDR_TARGET)]);
+    let pair_of = |evs: &[KnockRecord]| match evs {
+        [KnockRecord { kind: RecordKind::Pair { door, .. }, .. }] => Some(*door),
+        _ => None,
+    };
+    let (a, b, c, d) = (
+        Ipv4Addr::new(10, 1, 0, 21),
+        Ipv4Addr::new(10, 1, 0, 22),
+        Ipv4Addr::new(10, 1, 0, 23),
+        Ipv4Addr::new(10, 1, 0, 24),
+    );
+    // aimed: first step to the host, second to the target: nothing.
+    assert_eq!(rig.to(a, LOCAL, &syn(7000)), vec![]);
+    assert_eq!(rig.to(a, TARGET, &syn(8000)), vec![]);
+    // Both to the target: a pair.
+    assert_eq!(rig.to(b, TARGET, &syn(7000)), vec![]);
+    assert_eq!(pair_of(&rig.to(b, TARGET, &syn(8000))), Some(0));
+    // plain: a first step to the target is not to the host: nothing.
+    assert_eq!(rig.to(c, TARGET, &syn(7100)), vec![]);
+    assert_eq!(rig.to(c, LOCAL, &syn(8100)), vec![]);
+    // Both to the host: a pair.
+    assert_eq!(rig.to(d, LOCAL, &syn(7100)), vec![]);
+    assert_eq!(pair_of(&rig.to(d, LOCAL, &syn(8100))), Some(1));
+    let c = rig.counters();
+    assert_eq!((c.first_step, c.pairs), (3, 2), "{c:?}");
 }

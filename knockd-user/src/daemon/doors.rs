@@ -9,7 +9,7 @@ use std::{
 
 use knockd_common::{
     port_slot, FirstOf, PortKey, PortRule, SecondOf, StepDoors, ADDR_LOCAL, ADDR_TARGET, DOOR_ALL,
-    MAX_STEP_DOORS, PORT_STEALTH,
+    MAX_STEP_DOORS, PORT_STEALTH, SCOPE_HOST, SCOPE_TARGET,
 };
 
 use crate::{
@@ -112,9 +112,10 @@ fn describe(ports: &mut BTreeMap<u32, StepDoors>, door: &Door, id: usize, first:
         Proto::Tcp => (door.tcp_flags.must_set, door.tcp_flags.must_clear),
         Proto::Udp | Proto::Icmp => (0, 0),
     };
+    let scope = if door.target.is_some() { SCOPE_TARGET } else { SCOPE_HOST };
     let (must_set, must_clear) = flags(0);
     let f = ports.entry(first).or_default();
-    f.first[f.n_first as usize] = FirstOf { door: id, must_set, must_clear, timeout_ms };
+    f.first[f.n_first as usize] = FirstOf { door: id, must_set, must_clear, timeout_ms, scope, _pad: [0; 3] };
     f.n_first += 1;
     let (must_set, must_clear) = flags(1);
     let step = door.sequence[0];
@@ -127,6 +128,8 @@ fn describe(ports: &mut BTreeMap<u32, StepDoors>, door: &Door, id: usize, first:
         first_port: step.port,
         first_proto: step.proto.number(),
         first_flags: flags(0).0,
+        scope,
+        _pad: [0; 3],
     };
     s.n_second += 1;
     true
@@ -276,7 +279,15 @@ mod tests {
         assert_eq!(k.ports[&port_slot(9000, 6)], StepDoors::default(), "the third port has no role");
         let first = &k.ports[&port_slot(7000, 6)];
         assert_eq!((first.n_first, first.n_second, first.emit), (1, 0, 0));
-        assert_eq!(first.first[0], FirstOf { door: 0, must_set: 0x02, must_clear: 0x10, timeout_ms: 5000 });
+        let want = FirstOf {
+            door: 0,
+            must_set: 0x02,
+            must_clear: 0x10,
+            timeout_ms: 5000,
+            scope: SCOPE_HOST,
+            _pad: [0; 3],
+        };
+        assert_eq!(first.first[0], want);
         let second = &k.ports[&port_slot(8000, 17)];
         let want = SecondOf {
             door: 0,
@@ -286,6 +297,8 @@ mod tests {
             first_port: 7000,
             first_proto: 6,
             first_flags: 0x02,
+            scope: SCOPE_HOST,
+            _pad: [0; 3],
         };
         assert_eq!((second.n_second, second.second[0]), (1, want));
     }
