@@ -177,10 +177,11 @@ impl SpaState {
         let (now, mono) = (unix_now(), monotonic_now());
         let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
         for d in batch {
-            if self.only_ipv4 && d.src.to_canonical().is_ipv6() {
+            let src = d.src.to_canonical();
+            if self.only_ipv4 && src.is_ipv6() {
                 continue;
             }
-            match self.judge(d, now) {
+            match self.judge(d, src, now) {
                 Verdict::Accepted { door, msg, grant } => {
                     self.stats.accepted += 1;
                     *counts.entry("accepted").or_default() += 1;
@@ -190,7 +191,6 @@ impl SpaState {
                     *self.stats.refused.entry(reason).or_default() += 1;
                     *counts.entry(reason).or_default() += 1;
                     if self.log.admit(reason, mono) {
-                        let src = d.src.to_canonical();
                         out.push(Screened::Refused { src, port: d.dst_port, door, reason, detail });
                     }
                 }
@@ -203,8 +203,8 @@ impl SpaState {
 
     /// Tries the doors on the datagram's port in config order. The first
     /// whose HMAC matches decides; a bad HMAC for all of them is junk.
-    fn judge(&mut self, d: &SpaDatagram, now: u64) -> Verdict {
-        let src = d.src.to_canonical();
+    /// `src`: the datagram's source, an IPv4-mapped address made plain.
+    fn judge(&mut self, d: &SpaDatagram, src: IpAddr, now: u64) -> Verdict {
         let Some(doors) = self.doors.get(&d.dst_port) else {
             return Verdict::Refused {
                 door: None,
